@@ -1,0 +1,32 @@
+# hald: the two commands are `make run` and `make test`; both create .venv from nothing when missing.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+# Exact torch builds: local wheels on the dev/CI machines; change for your CUDA if needed.
+TORCH   ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: help install run test test-fast bench clean
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[test]' $(TORCH)
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install hald (editable) with test extras
+
+run: $(STAMP)  ## the whole pipeline on the bundled dataset (mnist5k); pass ARGS="key=value ..."
+	$(BIN)/python src/run.py $(ARGS)
+
+test: $(STAMP)  ## the full test suite (slow end-to-end tests included)
+	WANDB_MODE=disabled $(BIN)/python -m pytest -q $(ARGS)
+
+test-fast: $(STAMP)  ## tests without the slow end-to-end ones
+	WANDB_MODE=disabled $(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+clean:  ## remove outputs and caches (keeps .venv)
+	rm -rf outputs multirun .cache

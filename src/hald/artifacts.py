@@ -1,0 +1,153 @@
+"""Artifacts: directories with a manifest.json, keyed by a hash of exactly what determines them.
+
+An artifact is complete when its manifest exists and every file it lists has the recorded size (and, when
+asked, sha256). Artifacts are built in a temporary sibling directory and renamed into place, so a crash
+never leaves a half-written artifact where a reader would find it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+MANIFEST = "manifest.json"
+
+
+class ArtifactError(RuntimeError):
+    """An artifact on disk is incomplete, corrupted, or made for something else."""
+
+
+def plain(obj: Any) -> Any:
+    """OmegaConf nodes -> plain Python containers (resolved), other values unchanged."""
+    if isinstance(obj, (DictConfig, ListConfig)):
+        return OmegaConf.to_container(obj, resolve=True)
+    return obj
+
+
+def key_of(*parts: Any, length: int = 12) -> str:
+    """Stable short hash of JSON-serialisable parts (config subtrees, upstream keys, versions)."""
+    blob = json.dumps([plain(p) for p in parts], sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:length]
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(chunk), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    """Write JSON next to `path` and rename over it: readers see the old or the new file, never half."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(plain(dict(data)), f, indent=2, sort_keys=False, default=str)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def file_entries(root: Path, with_sha: bool = True) -> dict[str, dict[str, Any]]:
+    """{relative path: {bytes, sha256}} for every file under root except the manifest."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and p.name != MANIFEST:
+            entry: dict[str, Any] = {"bytes": p.stat().st_size}
+            if with_sha:
+                entry["sha256"] = sha256_file(p)
+            out[p.relative_to(root).as_posix()] = entry
+    return out
+
+
+def read_manifest(path: Path) -> dict[str, Any]:
+    path = Path(path)
+    mf = path / MANIFEST if path.is_dir() else path
+    try:
+        return json.loads(mf.read_text())
+    except FileNotFoundError:
+        raise ArtifactError(f"{path}: no {MANIFEST} (not an artifact, or an interrupted write); "
+                            f"fix: delete it and run again") from None
+    except json.JSONDecodeError as e:
+        raise ArtifactError(f"{mf}: corrupted manifest ({e.msg}); fix: delete {path} and run again") from None
+
+
+def verify(path: Path, deep: bool = False) -> dict[str, Any]:
+    """Return the manifest if every listed file has its recorded size (and sha256 when deep)."""
+    path = Path(path)
+    manifest = read_manifest(path)
+    for rel, entry in manifest.get("files", {}).items():
+        f = path / rel
+        if not f.is_file():
+            raise ArtifactError(f"{path}: file {rel} listed in the manifest is missing; fix: delete {path} and run again")
+        size = f.stat().st_size
+        if size != entry["bytes"]:
+            raise ArtifactError(f"{f}: {size} bytes on disk, manifest says {entry['bytes']} (truncated or "
+                                f"overwritten); fix: delete {path} and run again")
+        if deep and "sha256" in entry and sha256_file(f) != entry["sha256"]:
+            raise ArtifactError(f"{f}: sha256 differs from the manifest (corrupted); fix: delete {path} and run again")
+    return manifest
+
+
+def is_complete(path: Path) -> bool:
+    try:
+        verify(path)
+        return True
+    except ArtifactError:
+        return False
+
+
+@contextmanager
+def building(final: Path) -> Iterator[Path]:
+    """Yield a fresh temporary directory; on success it is renamed to `final`.
+
+    If `final` appeared meanwhile (another job of a parallel sweep won the race) ours is discarded.
+    On failure the temporary directory is removed and nothing at `final` changes.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.building."))
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists() and is_complete(final):
+        shutil.rmtree(tmp, ignore_errors=True)
+        return
+    if final.exists():  # an incomplete leftover from a crashed run: move it aside, never mix files
+        shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+
+
+def finish(path: Path, stage: str, key: str, config: Any, upstream: Mapping[str, str] | None = None,
+           **extra: Any) -> dict[str, Any]:
+    """Write the manifest of a built artifact directory (last, so its presence means complete)."""
+    import hald
+
+    manifest = {
+        "stage": stage,
+        "key": key,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "hald_version": hald.__version__,
+        "config": plain(config),
+        "upstream": dict(upstream or {}),
+        **{k: plain(v) for k, v in extra.items()},
+    }
+    manifest["files"] = file_entries(Path(path))
+    manifest["bytes"] = sum(e["bytes"] for e in manifest["files"].values())
+    write_json_atomic(Path(path) / MANIFEST, manifest)
+    return manifest

@@ -1,0 +1,134 @@
+"""The DataModule of student training: distilled images + the label store, phase by phase.
+
+Soft epochs: one DataLoader item = k consecutive stored batches of the epoch's pool (k = soft batch size /
+stored batch size), fetched by record id and replayed exactly. Hard epochs: fresh RandomResizedCrop + flip of
+the same images, with class labels (CutMix and label smoothing happen in the LightningModule, on device).
+The train loader is rebuilt every epoch and reads the phase from the pure schedule, never from a callback.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from hald.data.distilled import DistilledImages, load_distilled
+from hald.data.replay import Geometry, render
+from hald.data.sources import build_source
+from hald.data.transforms import Transformed, eval_transform
+from hald.labels.store import LabelStore, LabelStoreError
+from hald.train.schedule import SOFT, Schedule, soft_pool
+
+
+class SoftReplayDataset(Dataset):
+    """Item i = the stored batches `groups[i]`, replayed: {"x", "target", "phase"}."""
+
+    def __init__(self, store: LabelStore, images: torch.Tensor, groups: list[list[int]], out_size: int, mean, std):
+        self.store, self.images, self.groups, self.out_size = store, images, groups, out_size
+        self.mean, self.std = torch.tensor(mean), torch.tensor(std)
+
+    def __len__(self) -> int:
+        return len(self.groups)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        xs, ts, ids = [], [], []
+        for r in self.groups[i]:
+            rec = self.store[r]
+            xs.append(render(self.images, rec.geometry, self.out_size, self.mean, self.std))
+            ts.append(rec.labels)
+            ids.append(rec.geometry.index)
+        return {"x": torch.cat(xs), "target": torch.cat(ts), "index": torch.cat(ids), "phase": SOFT,
+                "records": torch.tensor(self.groups[i])}
+
+
+class HardCropDataset(Dataset):
+    """Distilled image i with a fresh RandomResizedCrop + flip, and its class label."""
+
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, ds: Mapping[str, Any],
+                 scale=(0.08, 1.0), flip_p: float = 0.5):
+        self.images, self.targets = images, targets
+        self.transform = v2.Compose([
+            v2.RandomResizedCrop(ds["input_size"], scale=tuple(scale), antialias=True),
+            v2.RandomHorizontalFlip(flip_p),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(list(ds["mean"]), list(ds["std"])),
+        ])
+
+    def __len__(self) -> int:
+        return int(self.targets.numel())
+
+    def __getitem__(self, i: int):
+        return self.transform(self.images[i]), int(self.targets[i])
+
+
+class HALDDataModule(L.LightningDataModule):
+    def __init__(self, distilled: Path | str | DistilledImages, store: Path | str, dataset: Mapping[str, Any],
+                 schedule: Schedule, soft_batch_size: int, hard_batch_size: int, seed: int = 0,
+                 num_workers: int = 0, eval_batch_size: int = 256, hard_crop_scale=(0.08, 1.0),
+                 hard_flip_p: float = 0.5):
+        super().__init__()
+        self.distilled_arg, self.store_path, self.ds = distilled, Path(store), dict(dataset)
+        self.schedule, self.seed, self.num_workers = schedule, seed, num_workers
+        self.soft_batch_size, self.hard_batch_size, self.eval_batch_size = soft_batch_size, hard_batch_size, eval_batch_size
+        self.hard_crop_scale, self.hard_flip_p = hard_crop_scale, hard_flip_p
+        self.distilled: DistilledImages | None = None
+        self.store: LabelStore | None = None
+        self.test_set = None
+
+    # -- setup: open everything and check it fits, before any training step -----------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.distilled is None:
+            self.distilled = (self.distilled_arg if isinstance(self.distilled_arg, DistilledImages) else
+                              load_distilled(self.distilled_arg, self._classes(), self.ds["channels"]))
+        if self.store is None:
+            self.store = open_store_for(self.store_path, self.distilled)
+            check_soft_batch(self.soft_batch_size, self.store.batch_size)
+        if self.test_set is None:
+            self.test_set = Transformed(build_source(self.ds, "test"), eval_transform(self.ds))
+
+    def _classes(self) -> list[str]:
+        return build_source(self.ds, "test").classes
+
+    @property
+    def current_epoch(self) -> int:
+        return self.trainer.current_epoch if self.trainer is not None else 0
+
+    # -- loaders ------------------------------------------------------------------------------------------
+    def train_dataloader(self, epoch: int | None = None) -> DataLoader:
+        epoch = self.current_epoch if epoch is None else epoch
+        if self.schedule.phase_at(epoch) == SOFT:
+            return DataLoader(self.soft_dataset(epoch), batch_size=None, shuffle=False,
+                              num_workers=self.num_workers)
+        hard = HardCropDataset(self.distilled.images, self.distilled.targets, self.ds, self.hard_crop_scale,
+                               self.hard_flip_p)
+        return DataLoader(hard, batch_size=self.hard_batch_size, shuffle=True, num_workers=self.num_workers,
+                          generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
+
+    def soft_dataset(self, epoch: int) -> SoftReplayDataset:
+        ids = soft_pool(self.schedule, epoch, self.store.passes, self.store.batches_per_pass, self.seed)
+        k = self.soft_batch_size // self.store.batch_size
+        groups = [ids[i:i + k] for i in range(0, len(ids), k)]
+        return SoftReplayDataset(self.store, self.distilled.images, groups, self.ds["input_size"],
+                                 self.ds["mean"], self.ds["std"])
+
+    def val_dataloader(self) -> DataLoader:
+        return DataLoader(self.test_set, batch_size=self.eval_batch_size, num_workers=self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+
+def open_store_for(path: Path, distilled: DistilledImages, deep: bool = True) -> LabelStore:
+    """Open a label store and check it labels exactly these images in this class order."""
+    return LabelStore.open(path, expect={"images_sha256": distilled.sha256, "num_classes": len(distilled.classes),
+                                         "classes": distilled.classes}, deep=deep)
+
+
+def check_soft_batch(soft_batch_size: int, stored_batch_size: int) -> None:
+    if soft_batch_size <= 0 or soft_batch_size % stored_batch_size:
+        raise LabelStoreError(f"train.soft_batch_size={soft_batch_size} is not a multiple of the stored batch "
+                              f"size {stored_batch_size} (BSSL labels and CutMix partners are batch-specific); "
+                              f"fix: train.soft_batch_size={stored_batch_size} or a multiple of it")

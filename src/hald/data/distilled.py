@@ -1,0 +1,115 @@
+"""Distilled image sets on disk: a PNG ImageFolder, read into one uint8 tensor.
+
+Accepted layouts (`root/<class>/<image>`): 5-digit index folders (`00000 ... 00999`, the SRe2L/RDED/CV-DD
+release format, folder number = class id) or folders named like the dataset's classes (e.g. WNIDs).
+"""
+from __future__ import annotations
+
+import hashlib
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+
+
+class DistilledError(ValueError):
+    """A distilled folder that does not fit the dataset (one-line cause and fix)."""
+
+
+@dataclass
+class DistilledImages:
+    images: torch.Tensor   # uint8 [N, C, H, W]
+    targets: torch.Tensor  # int64 [N]
+    files: list[str]       # paths relative to root, in image-id order (class, then file name)
+    classes: list[str]
+    sha256: str            # hash of (relative path, file content) of every image: names the set exactly
+
+    def __len__(self) -> int:
+        return int(self.targets.numel())
+
+    @property
+    def ipc(self) -> int:
+        counts = torch.bincount(self.targets, minlength=len(self.classes))
+        return int(counts.min())
+
+    @property
+    def hw(self) -> tuple[int, int]:
+        return int(self.images.shape[2]), int(self.images.shape[3])
+
+
+def _class_dirs(root: Path, classes: list[str]) -> list[Path]:
+    """Class folders in class-id order, for either accepted naming."""
+    if not root.is_dir():
+        raise DistilledError(f"distilled folder '{root}' does not exist; fix: set distill.path to a folder of "
+                             f"class subfolders (00000/, 00001/, ... or class names)")
+    dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    layout = "root/<00000..%05d or class name>/<images>" % (len(classes) - 1)
+    if len(dirs) != len(classes):
+        raise DistilledError(f"distilled folder '{root}' has {len(dirs)} class folders, the dataset has "
+                             f"{len(classes)} classes; expected {layout}; fix: point distill.path at the set made "
+                             f"for this dataset")
+    names = [d.name for d in dirs]
+    if all(n.isdigit() and len(n) == 5 for n in names):
+        if [int(n) for n in names] != list(range(len(classes))):
+            raise DistilledError(f"distilled folder '{root}': index folders must be 00000..{len(classes) - 1:05d}; "
+                                 f"fix: rename the class folders")
+        return dirs
+    by_name = {d.name: d for d in dirs}
+    unknown = sorted(set(names) - set(classes))
+    if unknown:
+        raise DistilledError(f"distilled folder '{root}': folders {unknown[:3]} are neither 5-digit indices nor "
+                             f"class names of the dataset (e.g. {classes[:2]}); fix: rename the folders")
+    return [by_name[c] for c in classes]
+
+
+def _read(path: Path, channels: int) -> np.ndarray:
+    try:
+        with Image.open(path) as im:
+            return np.asarray(im.convert("L" if channels == 1 else "RGB"))
+    except (UnidentifiedImageError, OSError) as e:
+        raise DistilledError(f"distilled image '{path}' cannot be read ({type(e).__name__}); fix: remove or "
+                             f"replace the file") from None
+
+
+def load_distilled(root: Path | str, classes: list[str], channels: int) -> DistilledImages:
+    """Read a distilled ImageFolder; every check happens before any pixel is used for training."""
+    root = Path(root)
+    arrays, targets, files = [], [], []
+    digest = hashlib.sha256()
+    for cid, d in enumerate(_class_dirs(root, classes)):
+        paths = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+        if not paths:
+            raise DistilledError(f"distilled folder '{d}' (class {cid}) has no images; fix: add its images or "
+                                 f"use a complete set")
+        for p in paths:
+            data = p.read_bytes()
+            rel = p.relative_to(root).as_posix()
+            digest.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
+            arr = _read(p, channels)
+            arrays.append(arr if arr.ndim == 3 else arr[:, :, None])
+            targets.append(cid)
+            files.append(rel)
+    sizes = {a.shape[:2] for a in arrays}
+    if len(sizes) > 1:
+        raise DistilledError(f"distilled folder '{root}' mixes image sizes {sorted(sizes)[:3]}; replay needs one "
+                             f"size; fix: resize the set to one size (e.g. the dataset's input size)")
+    images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return DistilledImages(images=images, targets=torch.tensor(targets, dtype=torch.int64), files=files,
+                           classes=list(classes), sha256=digest.hexdigest())
+
+
+def write_imagefolder(root: Path, images: torch.Tensor, targets: torch.Tensor) -> None:
+    """Write uint8 [N, C, H, W] images as lossless PNGs into 5-digit class folders (sorted order = class id)."""
+    counters: dict[int, int] = {}
+    for img, t in zip(images, targets.tolist()):
+        k = counters.get(t, 0)
+        counters[t] = k + 1
+        d = Path(root) / f"{t:05d}"
+        d.mkdir(parents=True, exist_ok=True)
+        arr = img.permute(1, 2, 0).numpy()
+        Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(d / f"{k:05d}.png")

@@ -1,0 +1,38 @@
+"""Transforms for real images (teacher training and evaluation), from torchvision's v2 API."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+from torch.utils.data import Dataset
+from torchvision.transforms import v2
+
+
+def train_transform(ds: Any, scale: tuple[float, float] = (0.08, 1.0), flip_p: float = 0.5) -> v2.Compose:
+    return v2.Compose([
+        v2.RandomResizedCrop(ds["input_size"], scale=tuple(scale), antialias=True),
+        v2.RandomHorizontalFlip(flip_p),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(list(ds["mean"]), list(ds["std"])),
+    ])
+
+
+def eval_transform(ds: Any) -> v2.Compose:
+    """ImageNet-style datasets: Resize(test_resize) + CenterCrop(input); small datasets: images as they are."""
+    size = ds["input_size"]
+    resize = [v2.Resize(ds["test_resize"], antialias=True), v2.CenterCrop(size)] if ds.get("test_resize") else []
+    return v2.Compose([*resize, v2.ToDtype(torch.float32, scale=True), v2.Normalize(list(ds["mean"]), list(ds["std"]))])
+
+
+class Transformed(Dataset):
+    """(uint8 image, label) dataset -> (transformed tensor, label)."""
+
+    def __init__(self, base: Dataset, transform: Callable):
+        self.base, self.transform = base, transform
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        img, y = self.base[i]
+        return self.transform(img), y

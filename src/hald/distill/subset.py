@@ -1,0 +1,50 @@
+"""`distill=random`: a seeded random subset of real training images, IPC per class, as a PNG ImageFolder."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import torch
+from torchvision.transforms import v2
+
+from hald.data.distilled import write_imagefolder
+from hald.data.sources import ImageSource
+
+METHODS: dict[str, Callable[..., dict[str, Any]]] = {}
+
+
+def register(name: str):
+    def deco(fn):
+        METHODS[name] = fn
+        return fn
+    return deco
+
+
+def select_random(targets: list[int], num_classes: int, ipc: int, seed: int) -> list[int]:
+    """IPC indices per class, classes in order; errors if a class has fewer than IPC images."""
+    t = torch.tensor(targets)
+    g = torch.Generator().manual_seed(seed)
+    chosen = []
+    for c in range(num_classes):
+        idx = torch.nonzero(t == c).flatten()
+        if idx.numel() < ipc:
+            raise ValueError(f"class {c} has {idx.numel()} training images, fewer than ipc={ipc}; fix: ipc<={idx.numel()}")
+        chosen += idx[torch.randperm(idx.numel(), generator=g)[:ipc]].sort().values.tolist()
+    return chosen
+
+
+@register("random")
+def distill_random(source: ImageSource, dataset: Mapping[str, Any], ipc: int, seed: int, out_dir: Path,
+                   **_: Any) -> dict[str, Any]:
+    """Write the subset into out_dir/images/<class:05d>/<k:05d>.png at the dataset's input size."""
+    size = int(dataset["input_size"])
+    # Real images of any size become input_size squares, like every other method's distilled images.
+    fit = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size)])
+    chosen = select_random(source.targets, int(dataset["num_classes"]), ipc, seed)
+    imgs = []
+    for i in chosen:
+        img, _ = source[i]
+        imgs.append(img if tuple(img.shape[1:]) == (size, size) else fit(img))
+    targets = torch.tensor([source.targets[i] for i in chosen])
+    write_imagefolder(Path(out_dir) / "images", torch.stack(imgs), targets)
+    return {"method": "random", "ipc": ipc, "seed": seed, "source_indices": chosen, "images_dir": "images"}

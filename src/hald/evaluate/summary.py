@@ -1,0 +1,45 @@
+"""The end-of-run summary table (rich) printed by `python src/run.py`."""
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    return str(n)
+
+
+def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = []
+    for t in s["teachers"]:
+        acc = f"{t['top1']:.2f}%" if t["top1"] is not None else "n/a (given)"
+        rows.append((f"teacher {t['name']} top-1 (test)", f"{acc}{'  [reused]' if t['reused'] else ''}"))
+    rows += [
+        ("student", f"{s['student']} on {s['distill']} images (ipc={s['ipc']})"
+                    f"{'  [images reused]' if s['images_reused'] else ''}"),
+        ("student top-1 / top-5 (test, final epoch)", f"{s['top1']:.2f}% / {s['top5']:.2f}%"),
+        ("student best top-1 (logged at eval epochs)", f"{s['top1_best']:.2f}%" if s["top1_best"] is not None else "-"),
+        ("labels stored", f"SLC={s['slc']}  SLI={s['sli']}{'  [reused]' if s['labels_reused'] else ''}"),
+        ("label bytes on disk", f"{s['label_bytes']:,} B ({_fmt_bytes(s['label_bytes'])})"),
+        ("phase timeline", s["schedule"]),
+        ("test top-1 at phase ends", "  ".join(f"e{e['epoch']}:{e['phase']} {e['top1']:.1f}%" for e in s["eval_log"])),
+        ("lr / eta", f"{s['lr']:g} / {s['eta']:g}"),
+        ("stage times (s)", "  ".join(f"{k} {v}" for k, v in s["timings_s"].items())),
+        ("output directory", s["output_dir"]),
+    ]
+    return rows
+
+
+def print_summary(s: dict[str, Any]) -> None:
+    table = Table(title=f"hald: {s['dataset']}", show_header=False)
+    table.add_column("what", style="bold")
+    table.add_column("value")
+    for k, v in summary_rows(s):
+        table.add_row(k, v)
+    Console(width=140).print(table)

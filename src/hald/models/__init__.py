@@ -1,0 +1,3 @@
+"""Model registry: timm backbones plus the small-resolution variants registered in `backbones`."""
+from hald.models import backbones as _backbones  # noqa: F401  (registers the models with timm)
+from hald.models.build import build_backbone, load_teacher, save_weights, load_weights  # noqa: F401

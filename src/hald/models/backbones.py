@@ -1,0 +1,98 @@
+"""Backbones, all reachable through timm's registry (`timm.create_model(name, ...)`).
+
+Registered here:
+- `convnet`, `convnet_w32`, `convnet_w64`: the dataset-distillation ConvNet (depth 3, conv3x3 -> BatchNorm ->
+  ReLU -> 2x2 avg-pool per block, linear head), width 128 / 32 / 64. The small ones keep the 2-core default
+  run fast; `convnet` is the field's ConvNetW128 (with BatchNorm instead of instance norm, so BSSL applies).
+- `resnet18_small`, `resnet50_small`, `resnet101_small`: timm ResNets with a 3x3 stride-1 stem and no
+  max-pool, the CIFAR/Tiny-ImageNet variant used by SRe2L, CV-DD and HALD for inputs of 64 px and below.
+- `mobilenetv2_100_small`: timm MobileNetV2 with stride-1 stem and stride-1 second stage.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from timm.models import register_model
+from timm.models.resnet import BasicBlock, Bottleneck, ResNet
+
+
+class ConvNet(nn.Module):
+    """Depth-d ConvNet; `img_size` fixes the flattened feature size of the linear head."""
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 3, width: int = 128, depth: int = 3,
+                 img_size: int = 32, **_: object) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        ch, side = in_chans, img_size
+        for _ in range(depth):
+            layers += [nn.Conv2d(ch, width, 3, padding=1), nn.BatchNorm2d(width), nn.ReLU(inplace=True),
+                       nn.AvgPool2d(2)]
+            ch, side = width, side // 2
+        self.features = nn.Sequential(*layers)
+        self.num_features = width * side * side
+        self.num_classes = num_classes
+        self.head = nn.Linear(self.num_features, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(self.features(x), 1))
+
+
+def _convnet(width: int, pretrained: bool, kwargs: dict) -> ConvNet:
+    if pretrained:
+        raise ValueError("convnet has no pretrained weights; pass a local checkpoint instead (teacher.checkpoints)")
+    return ConvNet(width=width, **kwargs)
+
+
+@register_model
+def convnet(pretrained: bool = False, **kwargs) -> ConvNet:
+    return _convnet(128, pretrained, kwargs)
+
+
+@register_model
+def convnet_w64(pretrained: bool = False, **kwargs) -> ConvNet:
+    return _convnet(64, pretrained, kwargs)
+
+
+@register_model
+def convnet_w32(pretrained: bool = False, **kwargs) -> ConvNet:
+    return _convnet(32, pretrained, kwargs)
+
+
+def _small_resnet(block: type, layers: list[int], pretrained: bool, kwargs: dict) -> ResNet:
+    if pretrained:
+        raise ValueError("small-resolution ResNets have no pretrained weights; pass a local checkpoint")
+    kwargs.pop("img_size", None)
+    in_chans = kwargs.get("in_chans", 3)
+    model = ResNet(block=block, layers=layers, **kwargs)
+    # Why: a 7x7/2 stem plus max-pool throws away 3/4 of a 32-px image before the first block.
+    model.conv1 = nn.Conv2d(in_chans, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    model.maxpool = nn.Identity()
+    return model
+
+
+@register_model
+def resnet18_small(pretrained: bool = False, **kwargs) -> ResNet:
+    return _small_resnet(BasicBlock, [2, 2, 2, 2], pretrained, kwargs)
+
+
+@register_model
+def resnet50_small(pretrained: bool = False, **kwargs) -> ResNet:
+    return _small_resnet(Bottleneck, [3, 4, 6, 3], pretrained, kwargs)
+
+
+@register_model
+def resnet101_small(pretrained: bool = False, **kwargs) -> ResNet:
+    return _small_resnet(Bottleneck, [3, 4, 23, 3], pretrained, kwargs)
+
+
+@register_model
+def mobilenetv2_100_small(pretrained: bool = False, **kwargs) -> nn.Module:
+    import timm
+
+    if pretrained:
+        raise ValueError("mobilenetv2_100_small has no pretrained weights; pass a local checkpoint")
+    kwargs.pop("img_size", None)
+    model = timm.create_model("mobilenetv2_100", pretrained=False, **kwargs)
+    model.conv_stem.stride = (1, 1)
+    model.blocks[1][0].conv_dw.stride = (1, 1)
+    return model

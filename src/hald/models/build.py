@@ -1,0 +1,65 @@
+"""Build a backbone by name and move weights in and out of artifact directories."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+import torch.nn as nn
+from safetensors.torch import load_file, save_file
+
+# Models whose constructor needs the input side (the ConvNet's linear head depends on it).
+_NEEDS_IMG_SIZE = ("convnet",)
+
+
+def build_backbone(name: str, num_classes: int, in_chans: int, img_size: int, **kwargs: Any) -> nn.Module:
+    """A randomly initialised backbone from timm's registry (including hald's small-resolution variants)."""
+    if not timm.is_model(name):
+        close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
+        raise ValueError(f"unknown backbone '{name}'; similar names in timm's registry: {close}; "
+                         f"fix: model.name=<one of timm.list_models()>")
+    if name.startswith(_NEEDS_IMG_SIZE):
+        kwargs["img_size"] = img_size
+    return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+
+
+def save_weights(model: nn.Module, path: Path) -> None:
+    # safetensors: no pickle, so loading a teacher never executes code from the checkpoint.
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(path))
+
+
+def load_weights(model: nn.Module, path: Path) -> nn.Module:
+    """Load a safetensors file, a Lightning .ckpt (state_dict with a 'model.' prefix) or a plain state dict."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"teacher checkpoint '{path}' does not exist; fix: pass an existing file")
+    if path.suffix == ".safetensors":
+        state = load_file(str(path))
+    else:
+        obj = torch.load(path, map_location="cpu", weights_only=False)
+        state = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+        state = {k.removeprefix("model."): v for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ValueError(f"checkpoint '{path}' does not fit the backbone: missing {list(missing)[:4]}, "
+                         f"unexpected {list(unexpected)[:4]}; fix: check teacher.models / dataset.num_classes")
+    return model
+
+
+def load_teacher(name: str, num_classes: int, in_chans: int, img_size: int, checkpoint: str | None = None,
+                 pretrained: str | None = None) -> nn.Module:
+    """A teacher in eval mode: from a local checkpoint, or torchvision's ImageNet-1K weights (downloads)."""
+    if pretrained == "torchvision":
+        import torchvision
+
+        if num_classes != 1000:
+            raise ValueError(f"torchvision pretrained weights are ImageNet-1K (1000 classes), dataset has "
+                             f"{num_classes}; fix: train teachers with squeeze or pass teacher.checkpoints")
+        model = torchvision.models.get_model(name, weights="DEFAULT")
+    else:
+        model = build_backbone(name, num_classes, in_chans, img_size)
+        if checkpoint is not None:
+            load_weights(model, Path(checkpoint))
+    return model.eval()

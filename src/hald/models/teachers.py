@@ -1,0 +1,67 @@
+"""Teachers as labellers: committees with weighted logits, and the BatchNorm modes of relabelling."""
+from __future__ import annotations
+
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import torch
+import torch.nn as nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+TEACHER_MODES = ("eval", "bssl")
+
+
+@contextmanager
+def batch_stat_bn(model: nn.Module) -> Iterator[nn.Module]:
+    """BSSL (batch-specific soft labelling): BatchNorm normalises with the current batch's statistics.
+
+    Only BatchNorm layers switch to training behaviour, so dropout stays off (the official code put the
+    whole teacher in train mode). Running statistics are detached for the duration, so they are untouched:
+    with running_mean/var set to None, F.batch_norm uses batch statistics and updates nothing.
+    """
+    saved = []
+    for m in model.modules():
+        if isinstance(m, _BatchNorm):
+            saved.append((m, m.training, m.running_mean, m.running_var))
+            m.train()
+            m.running_mean, m.running_var = None, None
+    try:
+        yield model
+    finally:
+        for m, was_training, mean, var in saved:
+            m.running_mean, m.running_var = mean, var
+            m.train(was_training)
+
+
+def committee_weights(n: int, scores: Sequence[float] | None = None, temperature: float = 10.0) -> torch.Tensor:
+    """Equal weights, or softmax(score / temperature) over the teachers' scores (e.g. top-1 in %)."""
+    if scores is None:
+        return torch.full((n,), 1.0 / n)
+    if len(scores) != n:
+        raise ValueError(f"{len(scores)} teacher scores for {n} teachers; fix: give one score per teacher")
+    return torch.softmax(torch.tensor(list(scores), dtype=torch.float64) / temperature, 0).float()
+
+
+class Committee(nn.Module):
+    """z = sum_k w_k z_k over teachers; with one teacher it is that teacher."""
+
+    def __init__(self, teachers: Sequence[nn.Module], weights: torch.Tensor | None = None, mode: str = "eval"):
+        super().__init__()
+        if mode not in TEACHER_MODES:
+            raise ValueError(f"unknown teacher mode '{mode}'; fix: labels.teacher_mode=eval|bssl")
+        self.teachers = nn.ModuleList(teachers)
+        self.register_buffer("weights", weights if weights is not None else committee_weights(len(teachers)))
+        self.mode = mode
+        self.requires_grad_(False)
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self.eval()
+        z = 0.0
+        for w, t in zip(self.weights, self.teachers):
+            if self.mode == "bssl":
+                with batch_stat_bn(t):
+                    z = z + w * t(x).float()
+            else:
+                z = z + w * t(x).float()
+        return z

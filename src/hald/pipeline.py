@@ -1,0 +1,290 @@
+"""The pipeline: the only place stages meet. squeeze -> distill -> relabel -> train -> evaluate.
+
+Each artifact stage is cached under paths.cache_dir/<stage>/<key>, where key hashes exactly the config and
+upstream keys that determine it; a complete artifact is reused (the log says "reused"), so a sweep over slc
+trains the teacher and makes the images once. Any artifact can be passed in instead: teacher.checkpoints,
+distill=folder distill.path=..., labels.store=....
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import lightning as L
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from hald import artifacts
+from hald.data.datamodule import HALDDataModule, check_soft_batch, open_store_for
+from hald.data.distilled import DistilledImages, load_distilled
+from hald.data.sources import build_source, check_source
+from hald.errors import ConfigError
+from hald.labels.relabel import plan_passes, relabel
+from hald.labels.store import FORMAT_VERSION, store_bytes
+from hald.models import build_backbone, load_teacher
+from hald.models.teachers import Committee, committee_weights
+from hald.train.callbacks import ON_SWITCH, PhaseScheduler
+from hald.train.hyper import paper_lr_eta
+from hald.train.module import StudentModule
+from hald.train.schedule import make_schedule
+
+log = logging.getLogger("hald")
+TOP_LEVEL_KEYS = {"dataset", "model", "teacher", "distill", "labels", "schedule", "train", "soft_loss", "hard_loss",
+                  "optimizer", "trainer", "logger", "paths", "seed", "ipc", "slc", "task_name", "tags", "hydra",
+                  "experiment", "local"}
+
+
+@dataclass
+class Artifact:
+    stage: str
+    key: str
+    path: Path
+    manifest: dict[str, Any]
+    reused: bool
+
+
+@dataclass
+class Context:
+    cfg: DictConfig
+    cache: Path
+    timings: dict[str, float] = field(default_factory=dict)
+    artifacts: dict[str, Any] = field(default_factory=dict)
+
+
+def dataset_identity(ds: DictConfig) -> dict[str, Any]:
+    """What determines the data: every dataset key except the download switch; roots made absolute."""
+    d = OmegaConf.to_container(ds, resolve=True)
+    d.pop("download", None)
+    if d.get("root"):
+        d["root"] = str(Path(d["root"]).expanduser().resolve())
+    return d
+
+
+def cached(ctx: Context, stage: str, key: str, config: Any, upstream: dict[str, str],
+           build: Callable[[Path], dict[str, Any]]) -> Artifact:
+    path = ctx.cache / stage / key
+    t0 = time.time()
+    if artifacts.is_complete(path):
+        log.info("%s: reused %s", stage, path)
+        return Artifact(stage, key, path, artifacts.read_manifest(path), reused=True)
+    log.info("%s: building %s", stage, path)
+    with artifacts.building(path) as tmp:
+        fields = build(tmp)
+        artifacts.finish(tmp, stage, key, config, upstream, **fields)
+    ctx.timings[stage] = time.time() - t0
+    return Artifact(stage, key, path, artifacts.read_manifest(path), reused=False)
+
+
+def device_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """Single-device trainer settings for squeeze and relabel (the accelerator comes from trainer config)."""
+    return {"accelerator": cfg.trainer.get("accelerator", "auto"), "devices": 1,
+            "enable_progress_bar": cfg.trainer.get("enable_progress_bar", True)}
+
+
+# -- pre-flight: every bad input stops here, before any stage runs ---------------------------------------------
+def preflight(cfg: DictConfig) -> None:
+    unknown = sorted(set(cfg.keys()) - TOP_LEVEL_KEYS)
+    if unknown:
+        raise ConfigError(f"unknown config key(s) {unknown}; fix: remove them (see conf/config.yaml for the keys)")
+    check_source(cfg.dataset)
+    if cfg.optimizer.on_phase_switch not in ON_SWITCH:
+        raise ConfigError(f"optimizer.on_phase_switch={cfg.optimizer.on_phase_switch}; fix: one of {ON_SWITCH}")
+    try:
+        make_schedule(cfg.schedule.preset, int(cfg.train.epochs), float(cfg.schedule.soft_fraction))
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    if cfg.labels.store is None:
+        check_soft_batch(int(cfg.train.soft_batch_size), int(cfg.labels.batch_size))
+        if cfg.distill.method != "folder":
+            plan_passes(int(cfg.slc), int(cfg.ipc))
+    for ck in cfg.teacher.checkpoints or []:
+        if not Path(ck).is_file():
+            raise ConfigError(f"teacher checkpoint '{ck}' does not exist; fix: teacher.checkpoints=[existing files]")
+    if cfg.teacher.checkpoints and len(cfg.teacher.checkpoints) != len(cfg.teacher.models):
+        raise ConfigError(f"{len(cfg.teacher.checkpoints)} teacher checkpoints for {len(cfg.teacher.models)} "
+                          f"teacher models; fix: one checkpoint per entry of teacher.models")
+
+
+# -- stages ------------------------------------------------------------------------------------------------------
+def stage_squeeze(ctx: Context) -> list[dict[str, Any]]:
+    """One entry per teacher: {name, key, weights (path or None), top1, reused}."""
+    cfg = ctx.cfg
+    ds = dataset_identity(cfg.dataset)
+    teachers = []
+    for i, name in enumerate(cfg.teacher.models):
+        if cfg.teacher.checkpoints:
+            ck = Path(cfg.teacher.checkpoints[i]).resolve()
+            teachers.append({"name": name, "key": artifacts.key_of(str(ck), ck.stat().st_size, ck.stat().st_mtime),
+                             "weights": str(ck), "top1": None, "reused": True, "source": "checkpoint"})
+            continue
+        if cfg.teacher.pretrained:
+            teachers.append({"name": name, "key": artifacts.key_of(name, cfg.teacher.pretrained), "weights": None,
+                             "top1": None, "reused": True, "source": cfg.teacher.pretrained})
+            continue
+        from hald.squeeze import squeeze
+
+        sq = cfg.teacher.squeeze
+        key = artifacts.key_of(ds, name, sq, cfg.seed)
+        art = cached(ctx, "squeeze", key, {"dataset": ds, "model": name, "squeeze": sq, "seed": cfg.seed}, {},
+                     lambda tmp: squeeze(name, cfg.dataset, sq, tmp, device_kwargs(cfg), int(cfg.seed)))
+        teachers.append({"name": name, "key": key, "weights": str(art.path / "teacher.safetensors"),
+                         "top1": art.manifest["test_top1"], "reused": art.reused, "source": "squeeze"})
+    return teachers
+
+
+def stage_distill(ctx: Context, teachers: list[dict[str, Any]]) -> tuple[Path, str, bool]:
+    """Returns (image folder, key, reused)."""
+    cfg = ctx.cfg
+    if cfg.distill.method == "folder":
+        return Path(cfg.distill.path).expanduser().resolve(), "folder", True
+    from hald.distill import METHODS
+
+    if cfg.distill.method not in METHODS:
+        raise ConfigError(f"unknown distill method '{cfg.distill.method}'; fix: distill=one of "
+                          f"{sorted(METHODS) + ['folder']}")
+    ds = dataset_identity(cfg.dataset)
+    dcfg = OmegaConf.to_container(cfg.distill, resolve=True)
+    key = artifacts.key_of(ds, dcfg, [t["key"] for t in teachers] if dcfg.get("uses_teacher") else [])
+    art = cached(ctx, "distill", key, {"dataset": ds, "distill": dcfg}, {},
+                 lambda tmp: METHODS[cfg.distill.method](source=build_source(cfg.dataset, "train"),
+                                                         dataset=cfg.dataset, out_dir=tmp, **dcfg))
+    return art.path / art.manifest["images_dir"], key, art.reused
+
+
+def build_committee(cfg: DictConfig, teachers: list[dict[str, Any]]) -> Committee:
+    ds = cfg.dataset
+    nets = [load_teacher(t["name"], int(ds.num_classes), int(ds.channels), int(ds.input_size), t["weights"],
+                         cfg.teacher.pretrained) for t in teachers]
+    if cfg.teacher.weights == "equal":
+        w = committee_weights(len(nets))
+    elif cfg.teacher.weights == "score":
+        scores = cfg.teacher.scores
+        if scores is None:
+            raise ConfigError("teacher.weights=score needs teacher.scores (one per teacher, e.g. held-out top-1 %); "
+                              "fix: teacher.scores=[...] or teacher.weights=equal")
+        w = committee_weights(len(nets), list(scores))
+    else:
+        raise ConfigError(f"teacher.weights={cfg.teacher.weights}; fix: equal or score")
+    return Committee(nets, w, cfg.labels.teacher_mode)
+
+
+def stage_relabel(ctx: Context, images: DistilledImages, image_key: str, teachers: list[dict[str, Any]]
+                  ) -> tuple[Path, bool]:
+    cfg = ctx.cfg
+    if cfg.labels.store is not None:
+        return Path(cfg.labels.store).expanduser().resolve(), True
+    plan_passes(int(cfg.slc), images.ipc)
+    lcfg = OmegaConf.to_container(cfg.labels, resolve=True)
+    lcfg.pop("store"), lcfg.pop("num_workers")
+    tcfg = {"teachers": [t["key"] for t in teachers], "weights": cfg.teacher.weights,
+            "scores": OmegaConf.to_container(cfg.teacher, resolve=True).get("scores")}
+    key = artifacts.key_of(images.sha256, lcfg, tcfg, FORMAT_VERSION)
+
+    def build(tmp: Path) -> dict[str, Any]:
+        committee = build_committee(cfg, teachers)
+        fields = relabel(images, committee, cfg.labels, cfg.dataset, tmp, device_kwargs(cfg))
+        return {"format_version": FORMAT_VERSION, "dataset": cfg.dataset.name,
+                "teachers": [{"name": t["name"], "key": t["key"], "source": t["source"]} for t in teachers],
+                **fields}
+
+    art = cached(ctx, "relabel", key, {"labels": lcfg, "teachers": tcfg}, {"images": image_key}, build)
+    return art.path, art.reused
+
+
+def resolve_lr(cfg: DictConfig, ipc: int) -> tuple[float, float]:
+    lr, eta = cfg.optimizer.lr, cfg.optimizer.eta
+    paper = paper_lr_eta(cfg.dataset.name, cfg.model.name, ipc)
+    fallback = (float(cfg.optimizer.default_lr), float(cfg.optimizer.default_eta))
+    auto = paper or fallback
+    return (float(auto[0]) if lr == "auto" else float(lr), float(auto[1]) if eta == "auto" else float(eta))
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    from hydra.utils import instantiate
+
+    if not cfg.get("logger"):
+        return []
+    return [instantiate(lg) for lg in cfg.logger.values() if lg is not None and "_target_" in lg]
+
+
+def stage_train(ctx: Context, images: DistilledImages, store_path: Path, out_dir: Path) -> dict[str, Any]:
+    cfg = ctx.cfg
+    store = open_store_for(store_path, images)
+    check_soft_batch(int(cfg.train.soft_batch_size), store.batch_size)
+    block = cfg.schedule.block or store.passes
+    schedule = make_schedule(cfg.schedule.preset, int(cfg.train.epochs), float(cfg.schedule.soft_fraction), int(block))
+    lr, eta = resolve_lr(cfg, images.ipc)
+    ds = cfg.dataset
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    net = build_backbone(cfg.model.name, int(ds.num_classes), int(ds.channels), int(ds.input_size))
+    module = StudentModule(net, int(ds.num_classes), schedule, lr=lr, eta=eta,
+                           weight_decay=float(cfg.optimizer.weight_decay), betas=tuple(cfg.optimizer.betas),
+                           temperature=float(cfg.soft_loss.temperature), t2=bool(cfg.soft_loss.t2),
+                           hard_cutmix_alpha=float(cfg.hard_loss.cutmix_alpha),
+                           label_smoothing=float(cfg.hard_loss.label_smoothing))
+    dm = HALDDataModule(images, store_path, ds, schedule, int(cfg.train.soft_batch_size),
+                        int(cfg.train.hard_batch_size), seed=int(cfg.seed), num_workers=int(cfg.train.num_workers),
+                        eval_batch_size=int(cfg.train.eval_batch_size),
+                        hard_crop_scale=tuple(cfg.hard_loss.crop_scale), hard_flip_p=float(cfg.hard_loss.flip_p))
+    dm.store = store
+    phases = PhaseScheduler(schedule, cfg.optimizer.on_phase_switch, int(cfg.train.eval_every))
+    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
+                                               every_n_epochs=int(cfg.train.checkpoint_every))
+    loggers = build_loggers(cfg)
+    callbacks = [phases, ckpt] + ([L.pytorch.callbacks.LearningRateMonitor("epoch")] if loggers else [])
+    trainer = L.Trainer(max_epochs=schedule.total_epochs, reload_dataloaders_every_n_epochs=1,
+                        num_sanity_val_steps=0, callbacks=callbacks, logger=loggers or False,
+                        default_root_dir=str(out_dir), **OmegaConf.to_container(cfg.trainer, resolve=True))
+    label_bytes = store_bytes(store_path)
+    for lg in loggers:
+        lg.log_hyperparams({"labels/bytes": label_bytes, "labels/slc": store.manifest["slc"],
+                            "labels/sli": store.passes, "ipc": images.ipc, "lr": lr, "eta": eta,
+                            "schedule": schedule.timeline()})
+        lg.log_metrics({"labels/bytes": float(label_bytes)}, step=0)
+    t0 = time.time()
+    resume = "last" if cfg.train.resume else None
+    trainer.fit(module, datamodule=dm, ckpt_path=resume)
+    ctx.timings["train"] = time.time() - t0
+    t0 = time.time()
+    test = trainer.test(module, datamodule=dm, verbose=False)[0]
+    ctx.timings["evaluate"] = time.time() - t0
+    return {"top1": float(test["test/top1"]), "top5": float(test["test/top5"]),
+            "top1_best": max([e["top1"] for e in module.eval_log], default=None),
+            "eval_log": module.eval_log, "schedule": schedule.timeline(), "lr": lr, "eta": eta,
+            "label_bytes": label_bytes, "slc": store.manifest["slc"], "sli": store.passes,
+            "ipc": images.ipc, "store": str(store_path), "is_global_zero": trainer.is_global_zero}
+
+
+# -- the whole trip ------------------------------------------------------------------------------------------------
+def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
+    from hydra.core.hydra_config import HydraConfig
+
+    preflight(cfg)
+    if out_dir is None:
+        out_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.paths.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx = Context(cfg, Path(cfg.paths.cache_dir).expanduser().resolve())
+    teachers = stage_squeeze(ctx)
+    image_dir, image_key, images_reused = stage_distill(ctx, teachers)
+    images = load_distilled(image_dir, build_source(cfg.dataset, "test").classes, int(cfg.dataset.channels))
+    store_path, store_reused = stage_relabel(ctx, images, image_key, teachers)
+    result = stage_train(ctx, images, store_path, out_dir)
+    is_global_zero = result.pop("is_global_zero")
+    summary = {
+        "dataset": cfg.dataset.name, "student": cfg.model.name,
+        "teachers": [{"name": t["name"], "top1": t["top1"], "source": t["source"], "reused": t["reused"]}
+                     for t in teachers],
+        "distill": cfg.distill.method, "images": str(image_dir), "images_reused": images_reused,
+        "labels_reused": store_reused, "timings_s": {k: round(v, 1) for k, v in ctx.timings.items()},
+        "output_dir": str(out_dir), **result,
+    }
+    if is_global_zero:
+        artifacts.write_json_atomic(out_dir / "results.json", summary)
+        from hald.evaluate.summary import print_summary
+
+        print_summary(summary)
+    return summary

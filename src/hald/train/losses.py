@@ -1,0 +1,31 @@
+"""The two losses of HALD training."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torchvision.transforms import v2
+
+
+def soft_kl(logits: torch.Tensor, target_probs: torch.Tensor, temperature: float, t2: bool) -> torch.Tensor:
+    """KL(p_stored || softmax(z / T)), batchmean; times T^2 when t2 (keeps the gradient scale of the hard
+    loss, which matters when Adam's moments carry across a phase switch)."""
+    log_q = F.log_softmax(logits / temperature, dim=1)
+    loss = F.kl_div(log_q, target_probs, reduction="batchmean")
+    return loss * temperature ** 2 if t2 else loss
+
+
+def cutmix_smoothed_targets(x: torch.Tensor, y: torch.Tensor, num_classes: int, alpha: float,
+                            smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """CutMix (torchvision v2; any batch size) and label smoothing: t = (1 - eps) * mixed_onehot + eps / C.
+
+    Equal to timm's Mixup(cutmix_alpha, label_smoothing) targets, whose smoothing is applied before mixing.
+    """
+    if alpha and x.shape[0] > 1:
+        x, t = v2.CutMix(alpha=alpha, num_classes=num_classes)(x, y)
+    else:
+        t = F.one_hot(y, num_classes).float()
+    return x, t * (1.0 - smoothing) + smoothing / num_classes
+
+
+def soft_target_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    return F.cross_entropy(logits, target)  # class-probability targets

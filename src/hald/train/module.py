@@ -1,0 +1,99 @@
+"""The student LightningModule: soft loss in soft epochs, CutMix + label smoothing in hard epochs."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn as nn
+from torchmetrics import MaxMetric
+from torchmetrics.classification import MulticlassAccuracy
+
+from hald.train.losses import cutmix_smoothed_targets, soft_kl, soft_target_ce
+from hald.train.schedule import HARD, SOFT, Schedule
+
+
+def cosine_eta(epoch: int, total: int, eta: float) -> float:
+    """HALD's per-epoch factor f(e) = 0.5 (1 + cos(pi e / (E eta))); eta=2 ends near 0.5, eta=1 near 0."""
+    return 0.5 * (1.0 + math.cos(math.pi * min(epoch, total) / (total * eta)))
+
+
+class StudentModule(L.LightningModule):
+    def __init__(self, net: nn.Module, num_classes: int, schedule: Schedule, lr: float, eta: float = 2.0,
+                 weight_decay: float = 0.01, betas=(0.9, 0.999), temperature: float = 20.0, t2: bool = True,
+                 hard_cutmix_alpha: float = 1.0, label_smoothing: float = 0.8):
+        super().__init__()
+        self.save_hyperparameters(ignore=["net", "schedule"])
+        self.net, self.schedule = net, schedule
+        self.phase = schedule.phase_at(0)  # set each epoch by PhaseScheduler
+        self.phase_steps = {SOFT: 0, HARD: 0}  # per-epoch audit of which path ran (tests read it)
+        k = min(5, num_classes)
+        self.val_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.val_top5 = MulticlassAccuracy(num_classes, top_k=k, average="micro")
+        self.test_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.test_top5 = MulticlassAccuracy(num_classes, top_k=k, average="micro")
+        self.val_best = MaxMetric()
+        self.eval_log: list[dict] = []  # test accuracy at every evaluated epoch (phase ends included)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    # -- training -----------------------------------------------------------------------------------------
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        hp = self.hparams
+        if isinstance(batch, dict):  # replayed stored batch
+            if self.phase != SOFT or batch["phase"] != SOFT:
+                raise RuntimeError(f"soft batch in a {self.phase} epoch {self.current_epoch}: the loader and the "
+                                   f"phase callback disagree")
+            loss = soft_kl(self(batch["x"]), batch["target"], hp.temperature, hp.t2)
+        else:
+            if self.phase != HARD:
+                raise RuntimeError(f"hard batch in a {self.phase} epoch {self.current_epoch}")
+            x, y = batch
+            x, t = cutmix_smoothed_targets(x, y, hp.num_classes, hp.hard_cutmix_alpha, hp.label_smoothing)
+            loss = soft_target_ce(self(x), t)
+        self.phase_steps[self.phase] += 1
+        bs = batch["x"].shape[0] if isinstance(batch, dict) else batch[0].shape[0]
+        self.log(f"train/loss_{self.phase}", loss, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
+        return loss
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        decay, no_decay = [], []
+        for name, p in self.net.named_parameters():
+            # Weight decay on >=2-D weights only: biases and norm affines are not decayed.
+            (decay if p.ndim >= 2 else no_decay).append(p)
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
+                                 {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr, betas=tuple(hp.betas))
+        total = self.schedule.total_epochs
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: cosine_eta(e, total, hp.eta))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    # -- evaluation on the real test split -------------------------------------------------------------------
+    def validation_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.val_top1.update(logits, y)
+        self.val_top5.update(logits, y)
+
+    def on_validation_epoch_end(self) -> None:
+        top1, top5 = self.val_top1.compute() * 100, self.val_top5.compute() * 100
+        self.val_best.update(top1)
+        self.log_dict({"val/top1": top1, "val/top5": top5, "val/top1_best": self.val_best.compute()})
+        self.eval_log.append({"epoch": self.current_epoch, "phase": self.phase, "top1": round(float(top1), 2),
+                              "top5": round(float(top5), 2)})
+        self.val_top1.reset()
+        self.val_top5.reset()
+
+    def test_step(self, batch, batch_idx: int) -> None:
+        x, y = batch
+        logits = self(x)
+        self.test_top1.update(logits, y)
+        self.test_top5.update(logits, y)
+
+    def on_test_epoch_end(self) -> None:
+        # torchmetrics' compute() reduces over DDP ranks, so every rank reports the global accuracy.
+        self.log_dict({"test/top1": self.test_top1.compute() * 100, "test/top5": self.test_top5.compute() * 100})
+        self.test_top1.reset()
+        self.test_top5.reset()

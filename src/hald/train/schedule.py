@@ -1,0 +1,116 @@
+"""The phase schedule is a value: (phase, epochs) segments and a pure phase_at(epoch).
+
+Both the phase callback and the datamodule read it, so the data side never depends on a callback having run
+first (Lightning rebuilds the train loader before on_train_epoch_start), every DDP rank agrees, and resume
+needs no extra state.
+
+Presets (H hard epochs, S soft epochs, n = SLI stored passes), as in the HALD code's --setting:
+  S1 hard H -> soft S           S2 blocks of n, hard first     S3 blocks of 2n, hard first
+  S4 blocks of n, soft first    S5 blocks of 2n, soft first
+  S6 soft floor(S/2) -> hard H -> soft S - floor(S/2)   (HALD, the default)
+  S7 hard floor(H/2) -> soft S -> hard H - floor(H/2)   S8 soft S -> hard H
+  soft_only, hard_only
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SOFT, HARD = "soft", "hard"
+PHASES = (SOFT, HARD)
+
+
+@dataclass(frozen=True)
+class Schedule:
+    segments: tuple[tuple[str, int], ...]
+
+    def __post_init__(self) -> None:
+        for phase, n in self.segments:
+            if phase not in PHASES or n < 0:
+                raise ValueError(f"bad schedule segment ({phase!r}, {n}); phases are {PHASES}, epochs >= 0")
+        if self.total_epochs == 0:
+            raise ValueError("schedule has no epochs; fix: train.epochs > 0")
+
+    @property
+    def total_epochs(self) -> int:
+        return sum(n for _, n in self.segments)
+
+    def phase_at(self, epoch: int) -> str:
+        """Phase of 0-based epoch; epochs past the end keep the last phase."""
+        for phase, n in self.segments:
+            if epoch < n:
+                return phase
+            epoch -= n
+        return [p for p, n in self.segments if n][-1]
+
+    def soft_epochs_before(self, epoch: int) -> int:
+        """How many soft epochs precede `epoch` (indexes the soft-batch pool)."""
+        return sum(self.phase_at(e) == SOFT for e in range(epoch))
+
+    def switches(self) -> list[int]:
+        """Epochs whose phase differs from the previous epoch's."""
+        return [e for e in range(1, self.total_epochs) if self.phase_at(e) != self.phase_at(e - 1)]
+
+    def timeline(self) -> str:
+        """e.g. 'soft 0-74 | hard 75-224 | soft 225-299'."""
+        out, start = [], 0
+        for phase, n in self._merged():
+            out.append(f"{phase} {start}-{start + n - 1}")
+            start += n
+        return " | ".join(out)
+
+    def _merged(self) -> list[tuple[str, int]]:
+        merged: list[list] = []
+        for phase, n in self.segments:
+            if n == 0:
+                continue
+            if merged and merged[-1][0] == phase:
+                merged[-1][1] += n
+            else:
+                merged.append([phase, n])
+        return [(p, n) for p, n in merged]
+
+
+def _blocks(total: int, block: int, first: str) -> list[tuple[str, int]]:
+    segs, phase, left = [], first, total
+    other = {SOFT: HARD, HARD: SOFT}
+    while left > 0:
+        segs.append((phase, min(block, left)))
+        left -= block
+        phase = other[phase]
+    return segs
+
+
+def make_schedule(preset: str, epochs: int, soft_fraction: float = 0.5, block: int = 1) -> Schedule:
+    """Build a preset. epochs = H + S with S = round(epochs * soft_fraction); block = n for S2-S5."""
+    s = int(round(epochs * soft_fraction))
+    h = epochs - s
+    if block < 1:
+        raise ValueError(f"schedule block must be >= 1, got {block}")
+    presets = {
+        "S1": lambda: [(HARD, h), (SOFT, s)],
+        "S2": lambda: _blocks(epochs, block, HARD),
+        "S3": lambda: _blocks(epochs, 2 * block, HARD),
+        "S4": lambda: _blocks(epochs, block, SOFT),
+        "S5": lambda: _blocks(epochs, 2 * block, SOFT),
+        "S6": lambda: [(SOFT, s // 2), (HARD, h), (SOFT, s - s // 2)],
+        "S7": lambda: [(HARD, h // 2), (SOFT, s), (HARD, h - h // 2)],
+        "S8": lambda: [(SOFT, s), (HARD, h)],
+        "soft_only": lambda: [(SOFT, epochs)],
+        "hard_only": lambda: [(HARD, epochs)],
+    }
+    presets["hald"] = presets["S6"]
+    if preset not in presets:
+        raise ValueError(f"unknown schedule preset '{preset}'; fix: schedule.preset=one of {sorted(presets)}")
+    return Schedule(tuple(presets[preset]()))
+
+
+def soft_pool(schedule: Schedule, epoch: int, passes: int, batches_per_pass: int, seed: int) -> list[int]:
+    """Stored-batch ids for a soft epoch: each stored batch once per `passes` consecutive soft epochs, in a
+    seeded random order. One soft epoch uses batches_per_pass records (= every image once)."""
+    import torch
+
+    s = schedule.soft_epochs_before(epoch)
+    cycle, within = divmod(s, passes)
+    g = torch.Generator().manual_seed(seed * 1_000_003 + cycle)
+    perm = torch.randperm(passes * batches_per_pass, generator=g)
+    return perm[within * batches_per_pass:(within + 1) * batches_per_pass].tolist()

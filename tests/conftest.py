@@ -1,0 +1,5 @@
+"""Make the src/ layout importable without installing the package."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
