@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import warnings
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run from a checkout without installing
@@ -11,6 +12,9 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 log = logging.getLogger("hald")
+# Lightning's INFO banners (GPU/TPU availability, tips) would print twice next to Hydra's log handler.
+logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
+warnings.filterwarnings("ignore", message=".*treespec.*")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")

@@ -254,7 +254,8 @@ def stage_train(ctx: Context, images: DistilledImages, store_path: Path, out_dir
     ctx.timings["evaluate"] = time.time() - t0
     return {"top1": float(test["test/top1"]), "top5": float(test["test/top5"]),
             "top1_best": max([e["top1"] for e in module.eval_log], default=None),
-            "eval_log": module.eval_log, "schedule": schedule.timeline(), "lr": lr, "eta": eta,
+            "eval_log": module.eval_log, "schedule": schedule.timeline(),
+            "phase_audit": {e: sorted(p) for e, p in sorted(module.epoch_paths.items())}, "lr": lr, "eta": eta,
             "label_bytes": label_bytes, "slc": store.manifest["slc"], "sli": store.passes,
             "ipc": images.ipc, "store": str(store_path), "is_global_zero": trainer.is_global_zero}
 

@@ -100,7 +100,10 @@ class LabelStore:
         path = Path(path)
         if not path.is_dir():
             raise LabelStoreError(f"label store '{path}' does not exist; fix: run relabel or pass labels.store=PATH")
-        manifest = read_manifest(path)
+        try:
+            manifest = read_manifest(path)
+        except ArtifactError as e:
+            raise LabelStoreError(f"label store: {e}") from None
         if manifest.get("format_version") != FORMAT_VERSION:
             raise LabelStoreError(f"label store '{path}' has format version {manifest.get('format_version')}, "
                                   f"this hald reads {FORMAT_VERSION}; fix: relabel with this version")

@@ -17,19 +17,20 @@ def batch_stat_bn(model: nn.Module) -> Iterator[nn.Module]:
 
     Only BatchNorm layers switch to training behaviour, so dropout stays off (the official code put the
     whole teacher in train mode). Running statistics are detached for the duration, so they are untouched:
-    with running_mean/var set to None, F.batch_norm uses batch statistics and updates nothing.
+    with running_mean/var (and the batch counter) set
+    to None, F.batch_norm uses batch statistics and updates nothing.
     """
     saved = []
     for m in model.modules():
         if isinstance(m, _BatchNorm):
-            saved.append((m, m.training, m.running_mean, m.running_var))
+            saved.append((m, m.training, m.running_mean, m.running_var, m.num_batches_tracked))
             m.train()
-            m.running_mean, m.running_var = None, None
+            m.running_mean, m.running_var, m.num_batches_tracked = None, None, None
     try:
         yield model
     finally:
-        for m, was_training, mean, var in saved:
-            m.running_mean, m.running_var = mean, var
+        for m, was_training, mean, var, count in saved:
+            m.running_mean, m.running_var, m.num_batches_tracked = mean, var, count
             m.train(was_training)
 
 

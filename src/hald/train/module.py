@@ -27,7 +27,7 @@ class StudentModule(L.LightningModule):
         self.save_hyperparameters(ignore=["net", "schedule"])
         self.net, self.schedule = net, schedule
         self.phase = schedule.phase_at(0)  # set each epoch by PhaseScheduler
-        self.phase_steps = {SOFT: 0, HARD: 0}  # per-epoch audit of which path ran (tests read it)
+        self.epoch_paths: dict[int, set[str]] = {}  # which data path ran in each epoch (audited by tests)
         k = min(5, num_classes)
         self.val_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_top5 = MulticlassAccuracy(num_classes, top_k=k, average="micro")
@@ -53,7 +53,7 @@ class StudentModule(L.LightningModule):
             x, y = batch
             x, t = cutmix_smoothed_targets(x, y, hp.num_classes, hp.hard_cutmix_alpha, hp.label_smoothing)
             loss = soft_target_ce(self(x), t)
-        self.phase_steps[self.phase] += 1
+        self.epoch_paths.setdefault(self.current_epoch, set()).add(SOFT if isinstance(batch, dict) else HARD)
         bs = batch["x"].shape[0] if isinstance(batch, dict) else batch[0].shape[0]
         self.log(f"train/loss_{self.phase}", loss, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
         return loss
