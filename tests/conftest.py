@@ -14,7 +14,7 @@ os.environ.setdefault("WANDB_MODE", "disabled")
 # Overrides that make the whole pipeline take seconds: 50 train images per digit, a small teacher
 # trained one epoch, a short schedule, no loggers.
 FAST = [
-    "dataset.train_per_class=50",
+    "++dataset.train_per_class=50",  # ++: also composes when a test picks another dataset
     "teacher.models=[convnet_w32]",
     "teacher.squeeze.epochs=1",
     "teacher.squeeze.batch_size=50",

@@ -86,7 +86,8 @@ def device_kwargs(cfg: DictConfig) -> dict[str, Any]:
 
 
 # -- pre-flight: every bad input stops here, before any stage runs ---------------------------------------------
-def preflight(cfg: DictConfig) -> None:
+def preflight(cfg: DictConfig) -> DistilledImages | None:
+    """Check everything that can be checked before work starts; returns the images of distill=folder."""
     unknown = sorted(set(cfg.keys()) - TOP_LEVEL_KEYS)
     if unknown:
         raise ConfigError(f"unknown config key(s) {unknown}; fix: remove them (see conf/config.yaml for the keys)")
@@ -97,16 +98,22 @@ def preflight(cfg: DictConfig) -> None:
         make_schedule(cfg.schedule.preset, int(cfg.train.epochs), float(cfg.schedule.soft_fraction))
     except ValueError as e:
         raise ConfigError(str(e)) from None
+    images = None
+    if cfg.distill.method == "folder":
+        if OmegaConf.is_missing(cfg.distill, "path") or not cfg.distill.get("path"):
+            raise ConfigError("distill=folder needs distill.path; fix: distill.path=/path/to/distilled/images")
+        images = load_distilled(Path(cfg.distill.path).expanduser(), build_source(cfg.dataset, "test").classes,
+                                int(cfg.dataset.channels))
     if cfg.labels.store is None:
         check_soft_batch(int(cfg.train.soft_batch_size), int(cfg.labels.batch_size))
-        if cfg.distill.method != "folder":
-            plan_passes(int(cfg.slc), int(cfg.ipc))
+        plan_passes(int(cfg.slc), images.ipc if images is not None else int(cfg.ipc))
     for ck in cfg.teacher.checkpoints or []:
         if not Path(ck).is_file():
             raise ConfigError(f"teacher checkpoint '{ck}' does not exist; fix: teacher.checkpoints=[existing files]")
     if cfg.teacher.checkpoints and len(cfg.teacher.checkpoints) != len(cfg.teacher.models):
         raise ConfigError(f"{len(cfg.teacher.checkpoints)} teacher checkpoints for {len(cfg.teacher.models)} "
                           f"teacher models; fix: one checkpoint per entry of teacher.models")
+    return images
 
 
 # -- stages ------------------------------------------------------------------------------------------------------
@@ -264,14 +271,15 @@ def stage_train(ctx: Context, images: DistilledImages, store_path: Path, out_dir
 def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
 
-    preflight(cfg)
+    folder_images = preflight(cfg)
     if out_dir is None:
         out_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx = Context(cfg, Path(cfg.paths.cache_dir).expanduser().resolve())
     teachers = stage_squeeze(ctx)
     image_dir, image_key, images_reused = stage_distill(ctx, teachers)
-    images = load_distilled(image_dir, build_source(cfg.dataset, "test").classes, int(cfg.dataset.channels))
+    images = folder_images or load_distilled(image_dir, build_source(cfg.dataset, "test").classes,
+                                             int(cfg.dataset.channels))
     store_path, store_reused = stage_relabel(ctx, images, image_key, teachers)
     result = stage_train(ctx, images, store_path, out_dir)
     is_global_zero = result.pop("is_global_zero")

@@ -1,0 +1,126 @@
+"""Bad input stops before any training, with a one-line cause and fix; nothing written is damaged."""
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from hald import pipeline
+from hald.data.distilled import DistilledError, load_distilled, write_imagefolder
+from hald.errors import ConfigError, input_errors
+from hald.labels.relabel import LabelBudgetError
+from hald.labels.store import LabelStoreError
+
+from conftest import ROOT
+
+
+def one_line(e: BaseException) -> str:
+    msg = str(e)
+    assert "\n" not in msg and "fix:" in msg, msg
+    return msg
+
+
+@pytest.mark.parametrize("overrides, error, words", [
+    (["slc=2"], LabelBudgetError, "below ipc"),
+    (["slc=10"], LabelBudgetError, "slc=8 or slc=12"),
+    (["train.soft_batch_size=12"], LabelStoreError, "multiple of the stored batch"),
+    (["optimizer.on_phase_switch=maybe"], ConfigError, "on_phase_switch"),
+    (["schedule.preset=S42"], ConfigError, "unknown schedule preset"),
+    (["+colour=blue"], ConfigError, "unknown config key"),
+    (["dataset=tiny_imagenet", "dataset.root=/nonexistent/tiny"], ValueError, "/nonexistent/tiny"),
+    (["dataset=cifar10"], ValueError, "dataset.root"),
+    (["teacher.checkpoints=[/nope.safetensors]"], ConfigError, "/nope.safetensors"),
+    (["distill=folder"], ConfigError, "distill.path"),
+])
+def test_preflight_errors(fast_cfg, overrides, error, words):
+    cfg = fast_cfg(*overrides)
+    with pytest.raises(error) as e:
+        pipeline.run(cfg)
+    assert words in one_line(e.value)
+    assert isinstance(e.value, input_errors())
+    assert not (pipeline.Path(cfg.paths.cache_dir) / "squeeze").exists()  # stopped before any work
+
+
+def _folder(tmp_path, n_classes=10, per_class=2, size=28):
+    imgs = (torch.rand(n_classes * per_class, 1, size, size) * 255).to(torch.uint8)
+    write_imagefolder(tmp_path / "imgs", imgs, torch.arange(n_classes).repeat_interleave(per_class))
+    return tmp_path / "imgs"
+
+
+def test_distilled_folder_errors(tmp_path):
+    classes = [str(i) for i in range(10)]
+    root = _folder(tmp_path)
+    assert load_distilled(root, classes, 1).ipc == 2
+    with pytest.raises(DistilledError, match="11 classes"):
+        load_distilled(root, classes + ["x"], 1)
+    for p in (root / "00003").iterdir():
+        p.unlink()
+    with pytest.raises(DistilledError, match="no images"):
+        load_distilled(root, classes, 1)
+    (root / "00003" / "a.png").write_bytes(b"not a png")
+    with pytest.raises(DistilledError, match="cannot be read") as e:
+        load_distilled(root, classes, 1)
+    one_line(e.value)
+    root2 = _folder(tmp_path / "b")
+    from PIL import Image
+    Image.new("L", (20, 20)).save(root2 / "00000" / "big.png")
+    with pytest.raises(DistilledError, match="mixes image sizes"):
+        load_distilled(root2, classes, 1)
+    (root2 / "00000" / "big.png").unlink()
+    (root2 / "00000").rename(root2 / "zebra")
+    with pytest.raises(DistilledError, match="neither 5-digit"):
+        load_distilled(root2, classes, 1)
+
+
+def test_folder_with_wrong_class_count_stops_before_squeeze(fast_cfg, tmp_path):
+    root = _folder(tmp_path, n_classes=9)
+    cfg = fast_cfg("distill=folder", f"distill.path={root}")
+    with pytest.raises(DistilledError, match="9 class folders"):
+        pipeline.run(cfg)
+    assert not (pipeline.Path(cfg.paths.cache_dir) / "squeeze").exists()
+
+
+def test_store_for_other_images_is_rejected(fast_cfg, tmp_path):
+    first = pipeline.run(fast_cfg("train.epochs=1"))
+    other = _folder(tmp_path, per_class=4)
+    with pytest.raises(LabelStoreError, match="images_sha256"):
+        pipeline.run(fast_cfg("train.epochs=1", "distill=folder", f"distill.path={other}",
+                              f"labels.store={first['store']}"))
+
+
+def test_crash_mid_relabel_leaves_no_partial_artifact(fast_cfg, monkeypatch):
+    cfg = fast_cfg("train.epochs=1", "slc=12")
+    calls = {"n": 0}
+    real = pipeline.relabel.__globals__["write_shard"]
+
+    def flaky(*a, **kw):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("disk full (simulated)")
+        return real(*a, **kw)
+
+    monkeypatch.setitem(pipeline.relabel.__globals__, "write_shard", flaky)
+    with pytest.raises(OSError, match="simulated"):
+        pipeline.run(cfg)
+    cache = pipeline.Path(cfg.paths.cache_dir)
+    assert list((cache / "relabel").iterdir()) == []  # no partial store, no temp dir left behind
+    squeeze_manifest = next((cache / "squeeze").glob("*/manifest.json")).read_text()
+    monkeypatch.undo()
+    out = pipeline.run(cfg)  # the next run reuses the finished stages and completes
+    assert out["sli"] == 3 and out["images_reused"]
+    assert next((cache / "squeeze").glob("*/manifest.json")).read_text() == squeeze_manifest
+
+
+def test_cli_prints_one_line_error_and_exits_2(tmp_path):
+    r = subprocess.run([sys.executable, "src/run.py", "slc=15", f"paths.cache_dir={tmp_path}",
+                        f"hydra.run.dir={tmp_path}/run"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "slc=10 or slc=20" in errors[0] and "fix:" in errors[0]
+    assert "Traceback" not in r.stderr
+
+
+def test_cli_unknown_key_is_refused_by_hydra(tmp_path):
+    r = subprocess.run([sys.executable, "src/run.py", "colour=blue", f"hydra.run.dir={tmp_path}/run"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode != 0 and "Could not override 'colour'" in r.stderr
