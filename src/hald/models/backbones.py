@@ -58,10 +58,17 @@ def convnet_w32(pretrained: bool = False, **kwargs) -> ConvNet:
     return _convnet(32, pretrained, kwargs)
 
 
+def _model_kwargs(kwargs: dict) -> dict:
+    """Drop what timm's factory adds for pretrained-weight handling (these models have none) and img_size."""
+    for k in ("img_size", "pretrained_cfg", "pretrained_cfg_overlay", "cache_dir"):
+        kwargs.pop(k, None)
+    return kwargs
+
+
 def _small_resnet(block: type, layers: list[int], pretrained: bool, kwargs: dict) -> ResNet:
     if pretrained:
         raise ValueError("small-resolution ResNets have no pretrained weights; pass a local checkpoint")
-    kwargs.pop("img_size", None)
+    kwargs = _model_kwargs(kwargs)
     in_chans = kwargs.get("in_chans", 3)
     model = ResNet(block=block, layers=layers, **kwargs)
     # Why: a 7x7/2 stem plus max-pool throws away 3/4 of a 32-px image before the first block.
@@ -91,7 +98,7 @@ def mobilenetv2_100_small(pretrained: bool = False, **kwargs) -> nn.Module:
 
     if pretrained:
         raise ValueError("mobilenetv2_100_small has no pretrained weights; pass a local checkpoint")
-    kwargs.pop("img_size", None)
+    kwargs = _model_kwargs(kwargs)
     model = timm.create_model("mobilenetv2_100", pretrained=False, **kwargs)
     model.conv_stem.stride = (1, 1)
     model.blocks[1][0].conv_dw.stride = (1, 1)

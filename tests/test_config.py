@@ -1,0 +1,41 @@
+"""Every config group option composes; every student backbone builds and runs a step."""
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import FAST, ROOT, compose
+from hald.models import build_backbone
+
+GROUPS = ["dataset", "model", "teacher", "distill", "labels", "schedule", "train", "trainer", "logger", "experiment"]
+OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((ROOT / "conf" / g).glob("*.yaml"))]
+
+
+@pytest.mark.parametrize("group, option", OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_composes(group, option, tmp_path):
+    cfg = compose([f"{group}={option}"], tmp_path)
+    for key in ("dataset", "model", "teacher", "distill", "labels", "schedule", "train", "trainer", "optimizer"):
+        assert key in cfg
+    assert cfg.labels.slc == cfg.slc
+
+
+def test_defaults_are_the_documented_ones(tmp_path):
+    cfg = compose([], tmp_path)
+    assert (cfg.dataset.name, cfg.schedule.preset, cfg.ipc, cfg.slc) == ("mnist5k", "S6", 10, 50)
+    assert (cfg.labels.temperature, cfg.labels.batch_size, cfg.hard_loss.label_smoothing) == (20, 16, 0.8)
+    assert cfg.labels.teacher_mode == "eval" and cfg.labels.dtype == "float16"
+
+
+@pytest.mark.parametrize("name", sorted({p.stem for p in (ROOT / "conf" / "model").glob("*.yaml")}))
+def test_every_student_backbone_trains_a_step(name):
+    size = 224 if name in ("resnet18", "resnet50") else 32
+    net = build_backbone(name, num_classes=10, in_chans=3, img_size=size)
+    x = torch.randn(2, 3, size, size)
+    loss = net(x).logsumexp(1).mean()
+    loss.backward()
+    assert net(x).shape == (2, 10)
+
+
+def test_unknown_backbone_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown backbone"):
+        build_backbone("resnet19_tiny", 10, 3, 32)
