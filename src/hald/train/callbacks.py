@@ -45,4 +45,4 @@ class PhaseScheduler(L.Callback):
                     opt.state.clear()  # AdamW re-creates step/moments lazily at the next step
         # Lightning validates when (epoch + 1) % check_val_every_n_epoch == 0; this picks exactly our epochs.
         trainer.check_val_every_n_epoch = 1 if self.eval_epoch(epoch) else epoch + 2
-        pl_module.log("train/phase", float(phase == SOFT), on_step=False, on_epoch=True)
+        pl_module.log("train/phase", float(phase == SOFT), on_step=False, on_epoch=True, sync_dist=True)

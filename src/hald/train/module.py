@@ -80,7 +80,8 @@ class StudentModule(L.LightningModule):
     def on_validation_epoch_end(self) -> None:
         top1, top5 = self.val_top1.compute() * 100, self.val_top5.compute() * 100
         self.val_best.update(top1)
-        self.log_dict({"val/top1": top1, "val/top5": top5, "val/top1_best": self.val_best.compute()})
+        # compute() already reduced over ranks; sync_dist only tells Lightning the values agree on every rank.
+        self.log_dict({"val/top1": top1, "val/top5": top5, "val/top1_best": self.val_best.compute()}, sync_dist=True)
         self.eval_log.append({"epoch": self.current_epoch, "phase": self.phase, "top1": round(float(top1), 2),
                               "top5": round(float(top5), 2)})
         self.val_top1.reset()
@@ -94,6 +95,7 @@ class StudentModule(L.LightningModule):
 
     def on_test_epoch_end(self) -> None:
         # torchmetrics' compute() reduces over DDP ranks, so every rank reports the global accuracy.
-        self.log_dict({"test/top1": self.test_top1.compute() * 100, "test/top5": self.test_top5.compute() * 100})
+        self.log_dict({"test/top1": self.test_top1.compute() * 100, "test/top5": self.test_top5.compute() * 100},
+                      sync_dist=True)
         self.test_top1.reset()
         self.test_top5.reset()
