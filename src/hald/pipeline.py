@@ -220,7 +220,7 @@ def build_loggers(cfg: DictConfig) -> list:
 
 def stage_train(ctx: Context, images: DistilledImages, store_path: Path, out_dir: Path) -> dict[str, Any]:
     cfg = ctx.cfg
-    store = open_store_for(store_path, images)
+    store = open_store_for(store_path, images, cfg.dataset)
     check_soft_batch(int(cfg.train.soft_batch_size), store.batch_size)
     block = cfg.schedule.block or store.passes
     schedule = make_schedule(cfg.schedule.preset, int(cfg.train.epochs), float(cfg.schedule.soft_fraction), int(block))

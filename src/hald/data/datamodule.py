@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from hald.data.distilled import DistilledImages, load_distilled
-from hald.data.replay import Geometry, render
+from hald.data.replay import render
 from hald.data.sources import build_source
 from hald.data.transforms import Transformed, eval_transform
 from hald.labels.store import LabelStore, LabelStoreError
@@ -84,7 +84,7 @@ class HALDDataModule(L.LightningDataModule):
             self.distilled = (self.distilled_arg if isinstance(self.distilled_arg, DistilledImages) else
                               load_distilled(self.distilled_arg, self._classes(), self.ds["channels"]))
         if self.store is None:
-            self.store = open_store_for(self.store_path, self.distilled)
+            self.store = open_store_for(self.store_path, self.distilled, self.ds)
             check_soft_batch(self.soft_batch_size, self.store.batch_size)
         if self.test_set is None:
             self.test_set = Transformed(build_source(self.ds, "test"), eval_transform(self.ds))
@@ -121,10 +121,20 @@ class HALDDataModule(L.LightningDataModule):
         return self.val_dataloader()
 
 
-def open_store_for(path: Path, distilled: DistilledImages, deep: bool = True) -> LabelStore:
-    """Open a label store and check it labels exactly these images in this class order."""
-    return LabelStore.open(path, expect={"images_sha256": distilled.sha256, "num_classes": len(distilled.classes),
-                                         "classes": distilled.classes}, deep=deep)
+def open_store_for(path: Path, distilled: DistilledImages, dataset: Mapping[str, Any] | None = None,
+                   deep: bool = True) -> LabelStore:
+    """Open a label store and check it labels exactly these images, in this class order, with the pixels this
+    run will replay (normalisation and input size)."""
+    expect: dict[str, Any] = {"images_sha256": distilled.sha256, "num_classes": len(distilled.classes),
+                              "classes": distilled.classes}
+    if dataset is not None:
+        expect.update({"mean": [float(v) for v in dataset["mean"]], "std": [float(v) for v in dataset["std"]]})
+        store = LabelStore.open(path, expect=expect, deep=deep)
+        if store.manifest["crop"]["size"] != int(dataset["input_size"]):
+            raise LabelStoreError(f"label store '{path}' was made at input size {store.manifest['crop']['size']}, "
+                                  f"this run uses {dataset['input_size']}; fix: relabel at this input size")
+        return store
+    return LabelStore.open(path, expect=expect, deep=deep)
 
 
 def check_soft_batch(soft_batch_size: int, stored_batch_size: int) -> None:

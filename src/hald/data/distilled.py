@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
+from rich.progress import track
 
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -81,7 +82,7 @@ def load_distilled(root: Path | str, classes: list[str], channels: int) -> Disti
     root = Path(root)
     arrays, targets, files = [], [], []
     digest = hashlib.sha256()
-    for cid, d in enumerate(_class_dirs(root, classes)):
+    for cid, d in enumerate(track(_class_dirs(root, classes), description=f"reading {root.name}", transient=True)):
         paths = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
         if not paths:
             raise DistilledError(f"distilled folder '{d}' (class {cid}) has no images; fix: add its images or "
@@ -106,7 +107,7 @@ def load_distilled(root: Path | str, classes: list[str], channels: int) -> Disti
 def write_imagefolder(root: Path, images: torch.Tensor, targets: torch.Tensor) -> None:
     """Write uint8 [N, C, H, W] images as lossless PNGs into 5-digit class folders (sorted order = class id)."""
     counters: dict[int, int] = {}
-    for img, t in zip(images, targets.tolist()):
+    for img, t in track(list(zip(images, targets.tolist())), description="writing PNGs", transient=True):
         k = counters.get(t, 0)
         counters[t] = k + 1
         d = Path(root) / f"{t:05d}"

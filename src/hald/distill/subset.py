@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
+from rich.progress import track
 from torchvision.transforms import v2
 
 from hald.data.distilled import write_imagefolder
@@ -42,7 +43,7 @@ def distill_random(source: ImageSource, dataset: Mapping[str, Any], ipc: int, se
     fit = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size)])
     chosen = select_random(source.targets, int(dataset["num_classes"]), ipc, seed)
     imgs = []
-    for i in chosen:
+    for i in track(chosen, description="random subset", transient=True):
         img, _ = source[i]
         imgs.append(img if tuple(img.shape[1:]) == (size, size) else fit(img))
     targets = torch.tensor([source.targets[i] for i in chosen])

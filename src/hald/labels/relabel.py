@@ -95,7 +95,7 @@ def relabel(distilled: DistilledImages, committee: Committee, cfg: Mapping[str, 
         "flip_p": float(cfg["flip_p"]), "mix": {"type": "cutmix" if cfg["cutmix_alpha"] else "none",
                                                 "alpha": cfg["cutmix_alpha"]},
         "seed": int(cfg["seed"]), "seed_rule": "pass p uses seed + p", "dtype": cfg["dtype"],
-        "mean": list(dataset["mean"]), "std": list(dataset["std"]), "shards": shards,
+        "mean": [float(v) for v in dataset["mean"]], "std": [float(v) for v in dataset["std"]], "shards": shards,
         "shard_bytes": sum(s["bytes"] for s in shards),
         "label_payload_bytes": passes * n * c * torch.empty((), dtype=LABEL_DTYPES[cfg["dtype"]]).element_size(),
     }
