@@ -156,9 +156,11 @@ def stage_distill(ctx: Context, teachers: list[dict[str, Any]]) -> tuple[Path, s
     ds = dataset_identity(cfg.dataset)
     dcfg = OmegaConf.to_container(cfg.distill, resolve=True)
     key = artifacts.key_of(ds, dcfg, [t["key"] for t in teachers] if dcfg.get("uses_teacher") else [])
-    art = cached(ctx, "distill", key, {"dataset": ds, "distill": dcfg}, {},
+    upstream = {t["name"]: t["key"] for t in teachers} if dcfg.get("uses_teacher") else {}
+    art = cached(ctx, "distill", key, {"dataset": ds, "distill": dcfg}, upstream,
                  lambda tmp: METHODS[cfg.distill.method](source=build_source(cfg.dataset, "train"),
-                                                         dataset=cfg.dataset, out_dir=tmp, **dcfg))
+                                                         dataset=cfg.dataset, out_dir=tmp, teachers=teachers,
+                                                         trainer_kwargs=device_kwargs(cfg), **dcfg))
     return art.path / art.manifest["images_dir"], key, art.reused
 
 

@@ -13,12 +13,11 @@ from typing import Any, Mapping
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2
 
 from hald.data.distilled import DistilledImages, load_distilled
 from hald.data.replay import render
 from hald.data.sources import build_source
-from hald.data.transforms import Transformed, eval_transform
+from hald.data.transforms import Transformed, eval_transform, train_transform
 from hald.labels.store import LabelStore, LabelStoreError
 from hald.train.schedule import SOFT, Schedule, soft_pool
 
@@ -50,12 +49,7 @@ class HardCropDataset(Dataset):
     def __init__(self, images: torch.Tensor, targets: torch.Tensor, ds: Mapping[str, Any],
                  scale=(0.08, 1.0), flip_p: float = 0.5):
         self.images, self.targets = images, targets
-        self.transform = v2.Compose([
-            v2.RandomResizedCrop(ds["input_size"], scale=tuple(scale), antialias=True),
-            v2.RandomHorizontalFlip(flip_p),
-            v2.ToDtype(torch.float32, scale=True),
-            v2.Normalize(list(ds["mean"]), list(ds["std"])),
-        ])
+        self.transform = train_transform(ds, scale, flip_p)
 
     def __len__(self) -> int:
         return int(self.targets.numel())

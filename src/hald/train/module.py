@@ -71,11 +71,14 @@ class StudentModule(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
     # -- evaluation on the real test split -------------------------------------------------------------------
-    def validation_step(self, batch, batch_idx: int) -> None:
+    def _update(self, batch, top1: MulticlassAccuracy, top5: MulticlassAccuracy) -> None:
         x, y = batch
         logits = self(x)
-        self.val_top1.update(logits, y)
-        self.val_top5.update(logits, y)
+        top1.update(logits, y)
+        top5.update(logits, y)
+
+    def validation_step(self, batch, batch_idx: int) -> None:
+        self._update(batch, self.val_top1, self.val_top5)
 
     def on_validation_epoch_end(self) -> None:
         top1, top5 = self.val_top1.compute() * 100, self.val_top5.compute() * 100
@@ -88,10 +91,7 @@ class StudentModule(L.LightningModule):
         self.val_top5.reset()
 
     def test_step(self, batch, batch_idx: int) -> None:
-        x, y = batch
-        logits = self(x)
-        self.test_top1.update(logits, y)
-        self.test_top5.update(logits, y)
+        self._update(batch, self.test_top1, self.test_top5)
 
     def on_test_epoch_end(self) -> None:
         # torchmetrics' compute() reduces over DDP ranks, so every rank reports the global accuracy.
