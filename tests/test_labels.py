@@ -10,8 +10,9 @@ from hald import artifacts
 from hald.data.datamodule import SoftReplayDataset, open_store_for
 from hald.data.distilled import load_distilled, write_imagefolder
 from hald.data.replay import render
-from hald.labels.relabel import LabelBudgetError, plan_passes, relabel
-from hald.labels.store import LabelStore, LabelStoreError, payload_bytes
+from hald.labels.budget import LabelBudgetError, plan_passes, plan_store
+from hald.labels.relabel import relabel
+from hald.labels.store import LabelStore, LabelStoreError
 from hald.models import build_backbone
 from hald.models.teachers import Committee, batch_stat_bn, committee_weights
 
@@ -20,9 +21,9 @@ CLASSES = ["a", "b", "c"]
 
 
 def labels_cfg(**kw):
-    base = dict(slc=8, batch_size=5, temperature=20.0, teacher_mode="eval", dtype="float16",
+    base = dict(slc=8, batch_size=5, temperature=20.0, teacher_mode="eval", codec={"name": "float"},
                 crop_scale=[0.08, 1.0], crop_ratio=[0.75, 4 / 3], flip_p=0.5, cutmix_alpha=1.0, seed=7,
-                num_workers=0)
+                num_workers=0, groups_per_forward=2)
     base.update(kw)
     return OmegaConf.create(base)
 
@@ -50,9 +51,10 @@ def make_store(tmp_path, distilled, committee, **kw):
     out = tmp_path / "store"
     out.mkdir()
     cfg = labels_cfg(**kw)
-    fields = relabel(distilled, committee, cfg, DS, out, {"accelerator": "cpu", "devices": 1,
-                                                          "enable_progress_bar": False})
-    artifacts.finish(out, "relabel", "k", cfg, {}, format_version=1, **fields)
+    plan = plan_store(cfg.codec, len(distilled), distilled.ipc, 3, cfg.batch_size, cfg.slc, None, lambda *_: 0)
+    fields = relabel(distilled, committee, plan, cfg, DS, out, {"accelerator": "cpu", "devices": 1,
+                                                                "enable_progress_bar": False})
+    artifacts.finish(out, "relabel", "k", cfg, {}, **fields)
     return out
 
 
@@ -109,13 +111,16 @@ def test_bytes_on_disk_match_manifest_and_formula(tmp_path, distilled):
     path = make_store(tmp_path, distilled, Committee([teacher()]))
     manifest = json.loads((path / "manifest.json").read_text())
     store = LabelStore.open(path)
-    n, c = 12, 3
-    assert manifest["label_payload_bytes"] == store.passes * n * c * 2
+    n, c, nb = 12, 3, 3
+    # per image: index uint16 2 + box 8 + partner uint8 1 + fp16 labels 2C; per batch: mix box 8 + offset 4;
+    # per shard: one more offset 4 and the bit-packed flips ceil(n/8)
+    payload = n * (2 + 8 + 1 + 2 * c) + nb * 12 + 4 + (n + 7) // 8
     for shard in manifest["shards"]:
         f = path / shard["file"]
         assert f.stat().st_size == shard["bytes"] == manifest["files"][shard["file"]]["bytes"]
         header = struct.unpack("<Q", f.read_bytes()[:8])[0]  # safetensors: 8-byte length + JSON header + data
-        assert shard["bytes"] == 8 + header + payload_bytes(n, 3, c, "float16")
+        assert shard["bytes"] == 8 + header + payload
+    assert sum(p.stat().st_size for p in path.iterdir()) == store.label_bytes
 
 
 def test_larger_slc_gives_proportionally_more_passes(tmp_path, distilled):

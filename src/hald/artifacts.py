@@ -52,7 +52,7 @@ def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w") as f:
-            json.dump(plain(dict(data)), f, indent=2, sort_keys=False, default=str)
+            json.dump(plain(dict(data)), f, indent=2, default=str)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -133,9 +133,8 @@ def building(final: Path) -> Iterator[Path]:
     os.replace(tmp, final)
 
 
-def finish(path: Path, stage: str, key: str, config: Any, upstream: Mapping[str, str] | None = None,
-           **extra: Any) -> dict[str, Any]:
-    """Write the manifest of a built artifact directory (last, so its presence means complete)."""
+def build_manifest(stage: str, key: str, config: Any, upstream: Mapping[str, str] | None,
+                   files: dict[str, dict[str, Any]], **extra: Any) -> dict[str, Any]:
     import hald
 
     manifest = {
@@ -147,7 +146,19 @@ def finish(path: Path, stage: str, key: str, config: Any, upstream: Mapping[str,
         "upstream": dict(upstream or {}),
         **{k: plain(v) for k, v in extra.items()},
     }
-    manifest["files"] = file_entries(Path(path))
-    manifest["bytes"] = sum(e["bytes"] for e in manifest["files"].values())
+    manifest["files"] = files
+    manifest["bytes"] = sum(e["bytes"] for e in files.values())
+    return manifest
+
+
+def manifest_size(manifest: Mapping[str, Any]) -> int:
+    """Bytes the manifest takes on disk (as write_json_atomic writes it)."""
+    return len(json.dumps(plain(dict(manifest)), indent=2, default=str).encode())
+
+
+def finish(path: Path, stage: str, key: str, config: Any, upstream: Mapping[str, str] | None = None,
+           **extra: Any) -> dict[str, Any]:
+    """Write the manifest of a built artifact directory (last, so its presence means complete)."""
+    manifest = build_manifest(stage, key, config, upstream, file_entries(Path(path)), **extra)
     write_json_atomic(Path(path) / MANIFEST, manifest)
     return manifest

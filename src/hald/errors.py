@@ -10,6 +10,6 @@ def input_errors() -> tuple[type[BaseException], ...]:
     from hald.artifacts import ArtifactError
     from hald.data.distilled import DistilledError
     from hald.data.sources import SourceError
-    from hald.labels.relabel import LabelBudgetError
+    from hald.labels.budget import LabelBudgetError
 
     return (ConfigError, SourceError, DistilledError, ArtifactError, LabelBudgetError)

@@ -23,7 +23,9 @@ from hald.data.datamodule import HALDDataModule, check_soft_batch, open_store_fo
 from hald.data.distilled import DistilledImages, load_distilled
 from hald.data.sources import build_source, check_source
 from hald.errors import ConfigError
-from hald.labels.relabel import plan_passes, relabel
+from hald.labels.budget import LabelBudgetError, Plan, plan_store
+from hald.labels.codecs import Codec
+from hald.labels.relabel import relabel, store_fields
 from hald.labels.store import FORMAT_VERSION, store_bytes
 from hald.models import build_backbone, load_teacher
 from hald.models.teachers import Committee, committee_weights
@@ -34,7 +36,7 @@ from hald.train.schedule import make_schedule
 
 log = logging.getLogger("hald")
 TOP_LEVEL_KEYS = {"dataset", "model", "teacher", "distill", "labels", "schedule", "train", "soft_loss", "hard_loss",
-                  "optimizer", "trainer", "logger", "paths", "seed", "ipc", "slc", "task_name", "tags", "hydra",
+                  "optimizer", "trainer", "logger", "paths", "seed", "ipc", "slc", "label_budget", "task_name", "tags", "hydra",
                   "experiment", "local"}
 
 
@@ -106,7 +108,14 @@ def preflight(cfg: DictConfig) -> DistilledImages | None:
                                 int(cfg.dataset.channels))
     if cfg.labels.store is None:
         check_soft_batch(int(cfg.train.soft_batch_size), int(cfg.labels.batch_size))
-        plan_passes(int(cfg.slc), images.ipc if images is not None else int(cfg.ipc))
+        ipc = images.ipc if images is not None else int(cfg.ipc)
+        c = int(cfg.dataset.num_classes or len(build_source(cfg.dataset, "test").classes))
+        try:  # the same planner relabel will use, on the image count it will see
+            plan_relabel(cfg, n_images=len(images) if images is not None else ipc * c, ipc=ipc, num_classes=c)
+        except LabelBudgetError:
+            raise
+        except ValueError as e:  # codec parameters
+            raise ConfigError(str(e)) from None
     for ck in cfg.teacher.checkpoints or []:
         if not Path(ck).is_file():
             raise ConfigError(f"teacher checkpoint '{ck}' does not exist; fix: teacher.checkpoints=[existing files]")
@@ -181,26 +190,64 @@ def build_committee(cfg: DictConfig, teachers: list[dict[str, Any]]) -> Committe
     return Committee(nets, w, cfg.labels.teacher_mode)
 
 
+def relabel_config(cfg: DictConfig) -> dict[str, Any]:
+    """The labels subtree that determines a store (paths and worker counts excluded), plus the budget."""
+    lcfg = OmegaConf.to_container(cfg.labels, resolve=True)
+    for k in ("store", "num_workers", "groups_per_forward"):
+        lcfg.pop(k, None)
+    lcfg["label_budget"] = cfg.get("label_budget")
+    return lcfg
+
+
+def plan_relabel(cfg: DictConfig, n_images: int, ipc: int, num_classes: int,
+                 images: DistilledImages | None = None) -> Plan:
+    """Passes and codec for this run; the manifest reserve is measured on a mock of the real manifest."""
+    def manifest_bytes(sli: int, codec: Codec) -> int:
+        from hald.artifacts import build_manifest, manifest_size
+
+        fake = DistilledImages(torch.zeros(0), torch.zeros(n_images, dtype=torch.long), [],
+                               [str(c) for c in (images.classes if images else range(num_classes))], "0" * 64)
+        plan = Plan(sli, codec, 10**12, 0, 10**12)
+        shards = [{"file": f"pass_{p:04d}.safetensors", "pass": p, "records": 10**6, "images": 10**7,
+                   "bytes": 10**12} for p in range(sli)]
+        committee = Committee([torch.nn.Identity() for _ in cfg.teacher.models], mode=cfg.labels.teacher_mode)
+        fields = store_fields(fake, plan, cfg.labels, cfg.dataset, committee, shards)
+        fields.update({"ipc": ipc, "slc": sli * ipc, "dataset": cfg.dataset.name,
+                       "teachers": [{"name": n, "key": "0" * 12, "source": "checkpoint"} for n in cfg.teacher.models]})
+        files = {s["file"]: {"bytes": 10**12, "sha256": "0" * 64} for s in shards}
+        mock = build_manifest("relabel", "0" * 12, {"labels": relabel_config(cfg), "teachers": teacher_config(cfg)},
+                              {"images": "0" * 12}, files, **fields)
+        return manifest_size(mock) + 256  # slack for longer numbers in the real one
+
+    return plan_store(cfg.labels.codec, n_images, ipc, num_classes, int(cfg.labels.batch_size), cfg.get("slc"),
+                      cfg.get("label_budget"), manifest_bytes)
+
+
+def teacher_config(cfg: DictConfig, teachers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    return {"teachers": [t["key"] for t in teachers] if teachers else [str(m) for m in cfg.teacher.models],
+            "weights": cfg.teacher.weights, "scores": OmegaConf.to_container(cfg.teacher, resolve=True).get("scores")}
+
+
 def stage_relabel(ctx: Context, images: DistilledImages, image_key: str, teachers: list[dict[str, Any]]
                   ) -> tuple[Path, bool]:
     cfg = ctx.cfg
     if cfg.labels.store is not None:
         return Path(cfg.labels.store).expanduser().resolve(), True
-    plan_passes(int(cfg.slc), images.ipc)
-    lcfg = OmegaConf.to_container(cfg.labels, resolve=True)
-    lcfg.pop("store"), lcfg.pop("num_workers")
-    tcfg = {"teachers": [t["key"] for t in teachers], "weights": cfg.teacher.weights,
-            "scores": OmegaConf.to_container(cfg.teacher, resolve=True).get("scores")}
+    plan = plan_relabel(cfg, len(images), images.ipc, len(images.classes), images)
+    lcfg, tcfg = relabel_config(cfg), teacher_config(cfg, teachers)
     key = artifacts.key_of(images.sha256, lcfg, tcfg, FORMAT_VERSION)
 
     def build(tmp: Path) -> dict[str, Any]:
         committee = build_committee(cfg, teachers)
-        fields = relabel(images, committee, cfg.labels, cfg.dataset, tmp, device_kwargs(cfg))
-        return {"format_version": FORMAT_VERSION, "dataset": cfg.dataset.name,
+        fields = relabel(images, committee, plan, cfg.labels, cfg.dataset, tmp, device_kwargs(cfg))
+        return {"dataset": cfg.dataset.name,
                 "teachers": [{"name": t["name"], "key": t["key"], "source": t["source"]} for t in teachers],
                 **fields}
 
     art = cached(ctx, "relabel", key, {"labels": lcfg, "teachers": tcfg}, {"images": image_key}, build)
+    if plan.budget is not None and store_bytes(art.path) > plan.budget:
+        raise RuntimeError(f"label store {art.path} has {store_bytes(art.path)} B, over the budget {plan.budget} B "
+                           f"(planner bug: please report)")
     return art.path, art.reused
 
 
@@ -266,6 +313,7 @@ def stage_train(ctx: Context, images: DistilledImages, store_path: Path, out_dir
             "eval_log": module.eval_log, "schedule": schedule.timeline(),
             "phase_audit": {e: sorted(p) for e, p in sorted(module.epoch_paths.items())}, "lr": lr, "eta": eta,
             "label_bytes": label_bytes, "slc": store.manifest["slc"], "sli": store.passes,
+            "codec": store.codec.describe(), "label_budget": store.manifest.get("label_budget"),
             "ipc": images.ipc, "store": str(store_path), "is_global_zero": trainer.is_global_zero}
 
 

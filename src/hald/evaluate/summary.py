@@ -26,7 +26,9 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
         ("student top-1 / top-5 (test, final epoch)", f"{s['top1']:.2f}% / {s['top5']:.2f}%"),
         ("student best top-1 (logged at eval epochs)", f"{s['top1_best']:.2f}%" if s["top1_best"] is not None else "-"),
         ("labels stored", f"SLC={s['slc']}  SLI={s['sli']}{'  [reused]' if s['labels_reused'] else ''}"),
-        ("label bytes on disk", f"{s['label_bytes']:,} B ({_fmt_bytes(s['label_bytes'])})"),
+        ("label bytes on disk", f"{s['label_bytes']:,} B ({_fmt_bytes(s['label_bytes'])})"
+                                + (f" of a {s['label_budget']:,} B budget" if s.get("label_budget") else "")
+                                + f"; codec {s.get('codec', '')}"),
         ("phase timeline", s["schedule"]),
         ("test top-1 at phase ends", "  ".join(f"e{e['epoch']}:{e['phase']} {e['top1']:.1f}%" for e in s["eval_log"])),
         ("lr / eta", f"{s['lr']:g} / {s['eta']:g}"),

@@ -1,8 +1,13 @@
 """Relabel: the teacher(s) label recorded crops of the distilled images; the result is a label store.
 
 Per pass p: a seeded shuffle of all images into batches of `batch_size`, per-image RandomResizedCrop and flip,
-per-batch CutMix (see data/replay.py), then p_soft = softmax(z / T) of the committee on exactly those pixels.
-Runs through Lightning's predict loop, so the device comes from Lightning (CPU here, GPU for users).
+per-batch CutMix (see data/replay.py), then p_soft = softmax(z / T) of the committee on exactly those pixels,
+encoded by the store's codec. Runs through Lightning's predict loop, so the device comes from Lightning.
+
+Speed: `groups_per_forward` stored batches go through the teacher in one forward. In eval mode a label does
+not depend on its batch, so they are simply concatenated; in BSSL mode each stored batch must see its own
+BatchNorm statistics, so the groups are stacked and the committee is vmapped over them (ghost-batch-norm
+semantics, identical to one forward per group; tested).
 """
 from __future__ import annotations
 
@@ -16,40 +21,40 @@ from torch.utils.data import DataLoader, Dataset
 
 from hald.data.distilled import DistilledImages
 from hald.data.replay import Geometry, render, sample_pass
-from hald.labels.store import LABEL_DTYPES, shard_name, write_shard
+from hald.labels.budget import LabelBudgetError, Plan, plan_passes  # noqa: F401  (re-exported)
+from hald.labels.store import FORMAT_VERSION, shard_name, write_shard
 from hald.models.teachers import Committee
 
 log = logging.getLogger(__name__)
 
 
-class LabelBudgetError(ValueError):
-    """slc / ipc / batch size that do not make a valid store (one-line cause and fix)."""
-
-
-def plan_passes(slc: int, ipc: int) -> int:
-    """SLI = slc / ipc passes over the images. No silent rounding: an inexact budget is an error."""
-    if slc < ipc:
-        raise LabelBudgetError(f"slc={slc} is below ipc={ipc}: every image needs at least one soft label; fix: "
-                               f"slc>={ipc} (a multiple of ipc)")
-    if slc % ipc:
-        lo, hi = (slc // ipc) * ipc, (slc // ipc + 1) * ipc
-        raise LabelBudgetError(f"slc={slc} is not a multiple of ipc={ipc} (SLI = slc/ipc passes over the images); "
-                               f"fix: slc={lo} or slc={hi}")
-    return slc // ipc
-
-
 class PassDataset(Dataset):
-    """Item k = the rendered pixels of stored batch k of one pass (rendered in loader workers)."""
+    """Item j = the rendered pixels of a group of consecutive stored batches of one pass."""
 
-    def __init__(self, images: torch.Tensor, batches: list[Geometry], out_size: int, mean, std):
+    def __init__(self, images: torch.Tensor, batches: list[Geometry], out_size: int, mean, std, group: int):
         self.images, self.batches, self.out_size = images, batches, out_size
         self.mean, self.std = torch.tensor(mean), torch.tensor(std)
+        self.groups = [list(range(i, min(i + group, len(batches)))) for i in range(0, len(batches), group)]
 
     def __len__(self) -> int:
-        return len(self.batches)
+        return len(self.groups)
 
-    def __getitem__(self, k: int) -> torch.Tensor:
-        return render(self.images, self.batches[k], self.out_size, self.mean, self.std)
+    def __getitem__(self, j: int) -> list[torch.Tensor]:
+        return [render(self.images, self.batches[k], self.out_size, self.mean, self.std) for k in self.groups[j]]
+
+
+def label_groups(committee: Committee, xs: list[torch.Tensor], temperature: float) -> list[torch.Tensor]:
+    """Soft labels of each stored batch in xs, computed in as few forwards as the teacher mode allows."""
+    sizes = [len(x) for x in xs]
+    if committee.mode == "eval":
+        z = committee(torch.cat(xs))
+    else:
+        z = []
+        same = [x for x in xs if len(x) == sizes[0]]  # a short last batch gets its own forward
+        z.append(torch.func.vmap(committee)(torch.stack(same)).flatten(0, 1))
+        z += [committee(x) for x in xs[len(same):]]
+        z = torch.cat(z)
+    return list(torch.softmax(z / temperature, dim=1).cpu().split(sizes))
 
 
 class Labeller(L.LightningModule):
@@ -57,45 +62,49 @@ class Labeller(L.LightningModule):
         super().__init__()
         self.committee, self.temperature = committee, temperature
 
-    def predict_step(self, x: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        return torch.softmax(self.committee(x) / self.temperature, dim=1).cpu()
+    def predict_step(self, xs: list[torch.Tensor], batch_idx: int) -> list[torch.Tensor]:
+        return label_groups(self.committee, xs, self.temperature)
 
 
-def relabel(distilled: DistilledImages, committee: Committee, cfg: Mapping[str, Any], dataset: Mapping[str, Any],
-            out_dir: Path, trainer_kwargs: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """Write every pass's shard into out_dir; return the store's manifest fields (the caller writes it)."""
-    ipc = distilled.ipc
-    passes = plan_passes(int(cfg["slc"]), ipc)
-    bsz = int(cfg["batch_size"])
-    if cfg["dtype"] not in LABEL_DTYPES:
-        raise LabelBudgetError(f"labels.dtype={cfg['dtype']} unknown; fix: labels.dtype=float16|float32")
-    labeller = Labeller(committee, float(cfg["temperature"]))
-    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_model_summary=False,
-                        **dict(trainer_kwargs or {}))
-    shards = []
-    for p in range(passes):
-        batches = sample_pass(len(distilled), distilled.hw, bsz, int(dataset["input_size"]),
-                              seed=int(cfg["seed"]) + p, scale=tuple(cfg["crop_scale"]),
-                              ratio=tuple(cfg["crop_ratio"]), flip_p=float(cfg["flip_p"]),
-                              cutmix_alpha=cfg["cutmix_alpha"])
-        loader = DataLoader(PassDataset(distilled.images, batches, int(dataset["input_size"]), dataset["mean"],
-                                        dataset["std"]), batch_size=None, num_workers=int(cfg["num_workers"]))
-        labels = trainer.predict(labeller, loader)
-        shards.append(write_shard(Path(out_dir) / shard_name(p), batches, labels, cfg["dtype"], p))
-        log.info("relabel pass %d/%d: %d batches, %d bytes", p + 1, passes, len(batches), shards[-1]["bytes"])
-    n, c = len(distilled), len(distilled.classes)
+def store_fields(distilled: DistilledImages, plan: Plan, cfg: Mapping[str, Any], dataset: Mapping[str, Any],
+                 committee: Committee, shards: list[dict]) -> dict[str, Any]:
+    """The label store's manifest fields (besides the artifact fields written by artifacts.finish)."""
+    n, c, bsz = len(distilled), len(distilled.classes), int(cfg["batch_size"])
     return {
-        "passes": passes, "sli": passes, "ipc": ipc, "slc": int(cfg["slc"]), "batch_size": bsz,
-        "batches_per_pass": -(-n // bsz), "num_images": n, "num_classes": c, "classes": distilled.classes,
-        "images_sha256": distilled.sha256, "image_files": distilled.files,
+        "format_version": FORMAT_VERSION, "passes": plan.sli, "sli": plan.sli, "ipc": distilled.ipc,
+        "slc": plan.sli * distilled.ipc, "batch_size": bsz, "batches_per_pass": -(-n // bsz), "num_images": n,
+        "num_classes": c, "classes": distilled.classes, "images_sha256": distilled.sha256,
+        "codec": plan.codec.spec(), "label_budget": plan.budget,
         "temperature": float(cfg["temperature"]), "teacher_mode": committee.mode,
         "teacher_weights": [round(float(w), 6) for w in committee.weights],
         "crop": {"size": int(dataset["input_size"]), "scale": list(cfg["crop_scale"]),
                  "ratio": list(cfg["crop_ratio"]), "interpolation": "bilinear (roi_align, aligned)"},
-        "flip_p": float(cfg["flip_p"]), "mix": {"type": "cutmix" if cfg["cutmix_alpha"] else "none",
-                                                "alpha": cfg["cutmix_alpha"]},
-        "seed": int(cfg["seed"]), "seed_rule": "pass p uses seed + p", "dtype": cfg["dtype"],
-        "mean": [float(v) for v in dataset["mean"]], "std": [float(v) for v in dataset["std"]], "shards": shards,
-        "shard_bytes": sum(s["bytes"] for s in shards),
-        "label_payload_bytes": passes * n * c * torch.empty((), dtype=LABEL_DTYPES[cfg["dtype"]]).element_size(),
+        "flip_p": float(cfg["flip_p"]),
+        "mix": {"type": "cutmix" if cfg["cutmix_alpha"] else "none", "alpha": cfg["cutmix_alpha"]},
+        "seed": int(cfg["seed"]), "seed_rule": "pass p uses seed + p",
+        "mean": [float(v) for v in dataset["mean"]], "std": [float(v) for v in dataset["std"]],
+        "shards": shards, "shard_bytes": sum(s["bytes"] for s in shards),
     }
+
+
+def relabel(distilled: DistilledImages, committee: Committee, plan: Plan, cfg: Mapping[str, Any],
+            dataset: Mapping[str, Any], out_dir: Path, trainer_kwargs: Mapping[str, Any] | None = None
+            ) -> dict[str, Any]:
+    """Write every pass's shard into out_dir; return the store's manifest fields (the caller writes it)."""
+    bsz = int(cfg["batch_size"])
+    labeller = Labeller(committee, float(cfg["temperature"]))
+    trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_model_summary=False,
+                        **dict(trainer_kwargs or {}))
+    shards = []
+    for p in range(plan.sli):
+        batches = sample_pass(len(distilled), distilled.hw, bsz, int(dataset["input_size"]),
+                              seed=int(cfg["seed"]) + p, scale=tuple(cfg["crop_scale"]),
+                              ratio=tuple(cfg["crop_ratio"]), flip_p=float(cfg["flip_p"]),
+                              cutmix_alpha=cfg["cutmix_alpha"])
+        data = PassDataset(distilled.images, batches, int(dataset["input_size"]), dataset["mean"], dataset["std"],
+                           int(cfg.get("groups_per_forward", 1)))
+        loader = DataLoader(data, batch_size=None, num_workers=int(cfg["num_workers"]))
+        labels = [lab for group in trainer.predict(labeller, loader) for lab in group]
+        shards.append(write_shard(Path(out_dir) / shard_name(p), batches, labels, plan.codec, p, len(distilled)))
+        log.info("relabel pass %d/%d: %d batches, %d bytes", p + 1, plan.sli, len(batches), shards[-1]["bytes"])
+    return store_fields(distilled, plan, cfg, dataset, committee, shards)

@@ -3,13 +3,14 @@
 A directory with `manifest.json` and one safetensors shard per relabel pass. A shard holds the pass's
 stored batches as flat arrays plus offsets, so record k of a pass is rows offsets[k]:offsets[k+1]:
 
-    index    int32   [n]      image ids in the distilled set (the manifest names the image list)
-    box      int16   [n, 4]   RandomResizedCrop box (top, left, height, width) in source pixels
-    flip     bool    [n]
-    mix_perm int16   [n]      CutMix partner position within the batch
-    mix_box  int16   [nb, 4]  CutMix box (y1, x1, y2, x2) in output pixels
-    offsets  int32   [nb + 1]
-    labels   float16 [n, C]   softmax(z / T) of the teacher(s) on exactly these pixels
+    index     uint16|int32 [n]     image ids in the distilled set (the manifest names the set's sha256)
+    box       int16 [n, 4]         RandomResizedCrop box (top, left, height, width) in source pixels
+    flip      uint8 [ceil(n/8)]    flip flags, bit-packed
+    mix_perm  uint8|int16 [n]      CutMix partner position within the batch
+    mix_box   int16 [nb, 4]        CutMix box (y1, x1, y2, x2) in output pixels, one per stored batch
+    offsets   int32 [nb + 1]
+    labels/*  [n, ...]             softmax(z / T) of the teacher(s) on exactly these pixels, encoded by the
+                                   store's codec (labels/codecs.py), e.g. labels/probs float16 [n, C]
 
 Record id r = pass * batches_per_pass + k. Records are read by id (memory-mapped slices), so any number of
 loader workers and DDP ranks can read them and nothing depends on a sampler replaying a seed.
@@ -22,18 +23,16 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
-from safetensors.torch import save_file
+from safetensors.torch import save, save_file
 
 from hald.artifacts import ArtifactError, read_manifest, verify
 from hald.data.replay import Geometry
+from hald.labels.codecs import Codec, pack_bits, unpack_bits
 
-FORMAT_VERSION = 1
-LABEL_DTYPES = {"float16": torch.float16, "float32": torch.float32}
-# Bytes per image per pass for everything except the labels: index 4 + box 8 + flip 1 + mix_perm 2.
-GEOMETRY_BYTES_PER_IMAGE = 15
-# Bytes per stored batch: mix_box 8 + one offset 4 (plus one extra offset per shard).
-GEOMETRY_BYTES_PER_BATCH = 12
+FORMAT_VERSION = 2
+SHARD_METADATA = {"format": "hald-label-store", "format_version": str(FORMAT_VERSION)}
 
 
 class LabelStoreError(ArtifactError):
@@ -44,36 +43,51 @@ def shard_name(p: int) -> str:
     return f"pass_{p:04d}.safetensors"
 
 
-def payload_bytes(n_images: int, n_batches: int, num_classes: int, dtype: str = "float16") -> int:
-    """Bytes of one shard's tensors (the safetensors JSON header comes on top)."""
-    itemsize = torch.empty((), dtype=LABEL_DTYPES[dtype]).element_size()
-    return (n_images * (GEOMETRY_BYTES_PER_IMAGE + itemsize * num_classes)
-            + n_batches * GEOMETRY_BYTES_PER_BATCH + 4)
-
-
-def write_shard(path: Path, batches: list[Geometry], labels: list[torch.Tensor], dtype: str, p: int) -> dict:
-    """Write one pass atomically (temp file + rename); return its manifest entry."""
+def shard_tensors(batches: list[Geometry], labels: list[torch.Tensor], codec: Codec, n_images: int
+                  ) -> dict[str, torch.Tensor]:
+    """The tensors of one pass's shard. Integer widths follow the data: image ids fit uint16 up to 65,536
+    images, partner positions fit uint8 for batches up to 256."""
     counts = torch.tensor([0] + [len(g) for g in batches])
+    flips = torch.cat([g.flip for g in batches]).to(torch.uint8)
     tensors = {
-        "index": torch.cat([g.index for g in batches]).to(torch.int32),
+        "index": torch.cat([g.index for g in batches]).to(torch.uint16 if n_images <= 65536 else torch.int32),
         "box": torch.cat([g.box for g in batches]).to(torch.int16),
-        "flip": torch.cat([g.flip for g in batches]).to(torch.bool),
-        "mix_perm": torch.cat([g.mix_perm for g in batches]).to(torch.int16),
+        "flip": pack_bits(F.pad(flips, (0, (-flips.numel()) % 8)).view(1, -1), 1).view(-1),
+        "mix_perm": torch.cat([g.mix_perm for g in batches]).to(
+            torch.uint8 if max(len(g) for g in batches) <= 256 else torch.int16),
         "mix_box": torch.stack([g.mix_box for g in batches]).to(torch.int16),
         "offsets": torch.cumsum(counts, 0).to(torch.int32),
-        "labels": torch.cat(labels).to(LABEL_DTYPES[dtype]).contiguous(),
     }
+    encoded = [codec.encode(lab) for lab in labels]  # batch by batch: bounded memory for large C
+    for key in encoded[0]:
+        tensors[f"labels/{key}"] = torch.cat([e[key] for e in encoded]).contiguous()
+    return tensors
+
+
+def shard_bytes(n_images: int, batch_size: int, codec: Codec, num_classes: int) -> int:
+    """Exact size of one shard on disk, from the same code that writes it (dummy data of the real shapes)."""
+    sizes = [min(batch_size, n_images - s) for s in range(0, n_images, batch_size)]
+    z = torch.zeros
+    batches = [Geometry(z(b, dtype=torch.int64), z(b, 4, dtype=torch.int16), z(b, dtype=torch.bool),
+                        z(b, dtype=torch.int16), z(4, dtype=torch.int16)) for b in sizes]
+    labels = [torch.full((b, num_classes), 1.0 / num_classes) for b in sizes]
+    return len(save(shard_tensors(batches, labels, codec, n_images), metadata=SHARD_METADATA))
+
+
+def write_shard(path: Path, batches: list[Geometry], labels: list[torch.Tensor], codec: Codec, p: int,
+                n_images: int) -> dict:
+    """Write one pass atomically (temp file + rename); return its manifest entry."""
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(tensors, str(tmp), metadata={"pass": str(p), "format_version": str(FORMAT_VERSION)})
+    save_file(shard_tensors(batches, labels, codec, n_images), str(tmp), metadata=SHARD_METADATA)
     os.replace(tmp, path)
-    return {"file": path.name, "pass": p, "records": len(batches), "images": int(counts.sum()),
+    return {"file": path.name, "pass": p, "records": len(batches), "images": sum(len(g) for g in batches),
             "bytes": path.stat().st_size}
 
 
 @dataclass
 class Record:
     geometry: Geometry
-    labels: torch.Tensor  # float32 [b, C]
+    labels: torch.Tensor  # float32 [b, C], decoded
 
 
 class LabelStore:
@@ -86,8 +100,8 @@ class LabelStore:
         self.batches_per_pass = int(manifest["batches_per_pass"])
         self.batch_size = int(manifest["batch_size"])
         self.num_classes = int(manifest["num_classes"])
-        self._handles: dict[int, Any] = {}
-        self._offsets: dict[int, torch.Tensor] = {}
+        self.codec = Codec.from_config(manifest["codec"])
+        self._shards: dict[int, tuple[Any, torch.Tensor, torch.Tensor]] = {}
 
     # -- opening and checking ------------------------------------------------------------------------
     @classmethod
@@ -104,12 +118,12 @@ class LabelStore:
             manifest = read_manifest(path)
         except ArtifactError as e:
             raise LabelStoreError(f"label store: {e}") from None
-        if manifest.get("format_version") != FORMAT_VERSION:
-            raise LabelStoreError(f"label store '{path}' has format version {manifest.get('format_version')}, "
-                                  f"this hald reads {FORMAT_VERSION}; fix: relabel with this version")
         if manifest.get("stage") != "relabel":
             raise LabelStoreError(f"'{path}' is not a label store (stage={manifest.get('stage')}); fix: pass "
                                   f"the directory relabel wrote")
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise LabelStoreError(f"label store '{path}' has format version {manifest.get('format_version')}, "
+                                  f"this hald reads {FORMAT_VERSION}; fix: relabel with this version")
         for key, want in (expect or {}).items():
             have = manifest.get(key)
             if have != want:
@@ -132,12 +146,14 @@ class LabelStore:
         return store_bytes(self.path)
 
     # -- record access ---------------------------------------------------------------------------------
-    def _shard(self, p: int):
+    def _shard(self, p: int) -> tuple[Any, torch.Tensor, torch.Tensor]:
         # Opened lazily per process: handles are not picklable and must not cross into workers/ranks.
-        if p not in self._handles:
-            self._handles[p] = safe_open(str(self.path / shard_name(p)), framework="pt")
-            self._offsets[p] = self._handles[p].get_tensor("offsets").long()
-        return self._handles[p], self._offsets[p]
+        if p not in self._shards:
+            f = safe_open(str(self.path / shard_name(p)), framework="pt")
+            offsets = f.get_tensor("offsets").long()
+            flips = unpack_bits(f.get_tensor("flip").view(1, -1), int(offsets[-1]), 1).view(-1).bool()
+            self._shards[p] = (f, offsets, flips)
+        return self._shards[p]
 
     def __len__(self) -> int:
         return self.num_records
@@ -146,16 +162,16 @@ class LabelStore:
         if not 0 <= r < self.num_records:
             raise IndexError(f"record {r} out of range 0..{self.num_records - 1}")
         p, k = divmod(int(r), self.batches_per_pass)
-        f, off = self._shard(p)
+        f, off, flips = self._shard(p)
         a, b = int(off[k]), int(off[k + 1])
-        g = Geometry(index=f.get_slice("index")[a:b].long(), box=f.get_slice("box")[a:b],
-                     flip=f.get_slice("flip")[a:b], mix_perm=f.get_slice("mix_perm")[a:b],
-                     mix_box=f.get_slice("mix_box")[k:k + 1][0])
-        return Record(geometry=g, labels=f.get_slice("labels")[a:b].float())
+        g = Geometry(index=f.get_slice("index")[a:b].long(), box=f.get_slice("box")[a:b], flip=flips[a:b],
+                     mix_perm=f.get_slice("mix_perm")[a:b].to(torch.int16), mix_box=f.get_slice("mix_box")[k:k + 1][0])
+        rows = {key.split("/", 1)[1]: f.get_slice(key)[a:b] for key in f.keys() if key.startswith("labels/")}
+        return Record(geometry=g, labels=self.codec.decode(rows, self.num_classes))
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()
-        state["_handles"], state["_offsets"] = {}, {}
+        state["_shards"] = {}
         return state
 
 
