@@ -7,7 +7,7 @@ import torch
 from conftest import FAST, ROOT, compose
 from hald.models import build_backbone
 
-GROUPS = ["dataset", "model", "teacher", "distill", "labels", "schedule", "train", "trainer", "logger", "experiment"]
+GROUPS = ["dataset", "model", "teacher", "distill", "labels", "codec", "schedule", "train", "trainer", "logger", "experiment"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((ROOT / "conf" / g).glob("*.yaml"))]
 
 
@@ -23,7 +23,7 @@ def test_defaults_are_the_documented_ones(tmp_path):
     cfg = compose([], tmp_path)
     assert (cfg.dataset.name, cfg.schedule.preset, cfg.ipc, cfg.slc) == ("mnist5k", "S6", 10, 50)
     assert (cfg.labels.temperature, cfg.labels.batch_size, cfg.hard_loss.label_smoothing) == (20, 16, 0.8)
-    assert cfg.labels.teacher_mode == "eval" and cfg.labels.dtype == "float16"
+    assert cfg.labels.teacher_mode == "eval" and cfg.labels.codec.dtype == "float16"
 
 
 @pytest.mark.parametrize("name", sorted({p.stem for p in (ROOT / "conf" / "model").glob("*.yaml")}))

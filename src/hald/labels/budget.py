@@ -66,7 +66,7 @@ def plan_store(codec_cfg: Mapping[str, Any], n_images: int, ipc: int, num_classe
     if budget is None:
         if auto:
             raise LabelBudgetError(f"codec.{auto[0]}=auto needs a byte budget to choose it; fix: set label_budget "
-                                   f"(e.g. label_budget=50KB) or codec.{auto[0]}=N")
+                                   f"(e.g. label_budget=50KB) or labels.codec.{auto[0]}=N")
         codec = Codec.from_config(cfg)
         return Plan(plan_passes(int(slc), ipc), codec, shard_bytes(n_images, batch_size, codec, num_classes), 0, None)
     limit = parse_bytes(budget)
@@ -85,7 +85,7 @@ def plan_store(codec_cfg: Mapping[str, Any], n_images: int, ipc: int, num_classe
             if ok:
                 return Plan(sli, codec, sb, mb, limit)
         need = fits(sli, Codec.from_config({**cfg, name: 1}))
-        raise LabelBudgetError(f"label_budget={budget} ({limit:,} B) cannot hold SLI={sli} even with codec.{name}=1 "
+        raise LabelBudgetError(f"label_budget={budget} ({limit:,} B) cannot hold SLI={sli} even with labels.codec.{name}=1 "
                                f"(needs {sli * need[1] + need[2]:,} B); fix: a larger label_budget or a smaller slc")
     codec = Codec.from_config(cfg)
     ok, sb, mb = fits(1, codec)

@@ -82,9 +82,9 @@ class Codec:
         if self.name == "float" and self.dtype not in FLOAT_DTYPES:
             raise ValueError(f"codec dtype '{self.dtype}'; fix: float16 or float32")
         if self.name in ("topk", "topk_quant") and (not isinstance(self.k, int) or self.k < 1):
-            raise ValueError(f"codec {self.name} needs k >= 1 (got {self.k}); fix: codec.k=N or label_budget with codec.k=auto")
+            raise ValueError(f"codec {self.name} needs k >= 1 (got {self.k}); fix: codec.k=N or label_budget with labels.codec.k=auto")
         if self.name in ("quant", "topk_quant") and (not isinstance(self.bits, int) or not 1 <= self.bits <= 16):
-            raise ValueError(f"codec {self.name} needs 1 <= bits <= 16 (got {self.bits}); fix: codec.bits=N")
+            raise ValueError(f"codec {self.name} needs 1 <= bits <= 16 (got {self.bits}); fix: labels.codec.bits=N")
         if self.rest not in ("uniform", "renorm"):
             raise ValueError(f"codec rest '{self.rest}'; fix: uniform or renorm")
         if self.space not in ("log", "prob"):
