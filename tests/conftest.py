@@ -56,3 +56,15 @@ def fast_cfg(tmp_path):
     def make(*extra: str):
         return compose(FAST + list(extra), tmp_path)
     return make
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny tensors (recover batches of 10 digits): on a shared 2-core machine two intra-op threads spend more
+    time waiting for each other than working. Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

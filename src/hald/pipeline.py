@@ -7,8 +7,11 @@ distill=folder distill.path=..., labels.store=....
 """
 from __future__ import annotations
 
+import copy
 import json
 import logging
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,14 +19,15 @@ from typing import Any, Callable
 
 import lightning as L
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hald import artifacts
 from hald.data.datamodule import HALDDataModule, check_soft_batch, open_store_for
 from hald.data.distilled import DistilledImages, load_distilled
+from hald.data.holdout import holdout_views
 from hald.data.sources import build_source, check_source
 from hald.errors import ConfigError
-from hald.labels.budget import LabelBudgetError, Plan, plan_store
+from hald.labels.budget import LabelBudgetError, Plan, plan_passes, plan_store
 from hald.labels.codecs import Codec
 from hald.labels.relabel import relabel, store_fields
 from hald.labels.store import FORMAT_VERSION, store_bytes
@@ -116,34 +120,56 @@ def preflight(cfg: DictConfig) -> DistilledImages | None:
             raise
         except ValueError as e:  # codec parameters
             raise ConfigError(str(e)) from None
-    for ck in cfg.teacher.checkpoints or []:
-        if not Path(ck).is_file():
-            raise ConfigError(f"teacher checkpoint '{ck}' does not exist; fix: teacher.checkpoints=[existing files]")
-    if cfg.teacher.checkpoints and len(cfg.teacher.checkpoints) != len(cfg.teacher.models):
-        raise ConfigError(f"{len(cfg.teacher.checkpoints)} teacher checkpoints for {len(cfg.teacher.models)} "
-                          f"teacher models; fix: one checkpoint per entry of teacher.models")
+    check_teachers(cfg.teacher, "teacher")
+    if cfg.distill.method != "folder":
+        from hald.distill import check_method
+
+        check_method(OmegaConf.to_container(cfg.distill, resolve=True), cfg.dataset)
+    if cfg.distill.get("pool"):
+        check_teachers(cfg.distill.pool, "distill.pool")
+    if cfg.distill.get("pool") and needs_priors(cfg.distill):
+        prior = cfg.distill.get("prior")
+        if prior is None:
+            raise ConfigError("committee weights softmax(alpha/T) need priors: give distill.priors=[...] or the "
+                              "distill.prior settings that measure them; fix: distill=cvdd defaults")
+        plan_passes(int(prior.slc), int(prior.ipc))
     return images
+
+
+def check_teachers(tcfg: DictConfig, where: str) -> None:
+    for ck in tcfg.checkpoints or []:
+        if not Path(ck).is_file():
+            raise ConfigError(f"teacher checkpoint '{ck}' does not exist; fix: {where}.checkpoints=[existing files]")
+    if tcfg.checkpoints and len(tcfg.checkpoints) != len(tcfg.models):
+        raise ConfigError(f"{len(tcfg.checkpoints)} teacher checkpoints for {len(tcfg.models)} "
+                          f"teacher models; fix: one checkpoint per entry of {where}.models")
 
 
 # -- stages ------------------------------------------------------------------------------------------------------
 def stage_squeeze(ctx: Context) -> list[dict[str, Any]]:
-    """One entry per teacher: {name, key, weights (path or None), top1, reused}."""
+    """The pipeline's teacher(s), which relabel: one entry per model of `teacher`."""
+    return squeeze_teachers(ctx, ctx.cfg.teacher)
+
+
+def squeeze_teachers(ctx: Context, tcfg: DictConfig) -> list[dict[str, Any]]:
+    """One entry per model of a teacher config (`teacher`, or a distill method's own `distill.pool`):
+    {name, key, weights (path or None), top1, reused, source}. Same model and recipe = same cached teacher."""
     cfg = ctx.cfg
     ds = dataset_identity(cfg.dataset)
     teachers = []
-    for i, name in enumerate(cfg.teacher.models):
-        if cfg.teacher.checkpoints:
-            ck = Path(cfg.teacher.checkpoints[i]).resolve()
+    for i, name in enumerate(tcfg.models):
+        if tcfg.checkpoints:
+            ck = Path(tcfg.checkpoints[i]).resolve()
             teachers.append({"name": name, "key": artifacts.key_of(str(ck), ck.stat().st_size, ck.stat().st_mtime),
                              "weights": str(ck), "top1": None, "reused": True, "source": "checkpoint"})
             continue
-        if cfg.teacher.pretrained:
-            teachers.append({"name": name, "key": artifacts.key_of(name, cfg.teacher.pretrained), "weights": None,
-                             "top1": None, "reused": True, "source": cfg.teacher.pretrained})
+        if tcfg.pretrained:
+            teachers.append({"name": name, "key": artifacts.key_of(name, tcfg.pretrained), "weights": None,
+                             "top1": None, "reused": True, "source": tcfg.pretrained})
             continue
         from hald.squeeze import squeeze
 
-        sq = cfg.teacher.squeeze
+        sq = tcfg.squeeze
         key = artifacts.key_of(ds, name, sq, cfg.seed)
         art = cached(ctx, "squeeze", key, {"dataset": ds, "model": name, "squeeze": sq, "seed": cfg.seed}, {},
                      lambda tmp: squeeze(name, cfg.dataset, sq, tmp, device_kwargs(cfg), int(cfg.seed)))
@@ -152,8 +178,21 @@ def stage_squeeze(ctx: Context) -> list[dict[str, Any]]:
     return teachers
 
 
+def needs_priors(dcfg: Any) -> bool:
+    """CV-DD committees weighted by softmax(alpha / T) need each pool teacher's prior alpha."""
+    committee = dcfg.get("committee") or {}
+    return (dcfg.get("priors") is None and committee.get("weights", "prior") == "prior"
+            and int(committee.get("size", 1)) > 1)
+
+
 def stage_distill(ctx: Context, teachers: list[dict[str, Any]]) -> tuple[Path, str, bool]:
-    """Returns (image folder, key, reused)."""
+    """Returns (image folder, key, reused).
+
+    A method with its own `distill.pool` (CV-DD's committee) gets those teachers, squeezed like the pipeline's
+    (the same model and recipe is the same cached teacher); otherwise the pipeline's. Measured priors become
+    part of the config and key. Recover keeps finished units in `<cache>/distill/.partial-<key>/` until the
+    artifact is complete, so a killed run resumes (hald/distill/units.py).
+    """
     cfg = ctx.cfg
     if cfg.distill.method == "folder":
         return Path(cfg.distill.path).expanduser().resolve(), "folder", True
@@ -164,13 +203,83 @@ def stage_distill(ctx: Context, teachers: list[dict[str, Any]]) -> tuple[Path, s
                           f"{sorted(METHODS) + ['folder']}")
     ds = dataset_identity(cfg.dataset)
     dcfg = OmegaConf.to_container(cfg.distill, resolve=True)
+    relabel_teachers = teachers
+    if dcfg.get("pool"):
+        teachers = squeeze_teachers(ctx, cfg.distill.pool)
+    if dcfg.get("pool") and needs_priors(dcfg):
+        dcfg["priors"] = stage_priors(ctx, teachers, relabel_teachers)
     key = artifacts.key_of(ds, dcfg, [t["key"] for t in teachers] if dcfg.get("uses_teacher") else [])
     upstream = {t["name"]: t["key"] for t in teachers} if dcfg.get("uses_teacher") else {}
+    work_dir = ctx.cache / "distill" / f".partial-{key}"
+    source = build_source(cfg.dataset, "train")
+    if dcfg.get("holdout"):  # priors: distil from the train split minus the part that measures them
+        source, _ = holdout_views(source, float(dcfg["holdout"]["fraction"]), int(dcfg["holdout"]["seed"]))
     art = cached(ctx, "distill", key, {"dataset": ds, "distill": dcfg}, upstream,
-                 lambda tmp: METHODS[cfg.distill.method](source=build_source(cfg.dataset, "train"),
-                                                         dataset=cfg.dataset, out_dir=tmp, teachers=teachers,
-                                                         trainer_kwargs=device_kwargs(cfg), **dcfg))
+                 lambda tmp: METHODS[cfg.distill.method](source=source, dataset=cfg.dataset, out_dir=tmp,
+                                                         teachers=teachers, trainer_kwargs=device_kwargs(cfg),
+                                                         work_dir=work_dir, **dcfg))
+    shutil.rmtree(work_dir, ignore_errors=True)  # its units are in the complete artifact now
     return art.path / art.manifest["images_dir"], key, art.reused
+
+
+def prior_config(cfg: DictConfig, member: int) -> DictConfig:
+    """The run that measures pool teacher `member`'s prior: its own single-model recover (SRe2L++ with the
+    same recipe, `distill.prior.ipc` images per class, drawn from the train split minus the held-out part),
+    then the pipeline's relabel and student training, shortened by `distill.prior`, on one device."""
+    p = cfg.distill.prior
+    pool = OmegaConf.to_container(cfg.distill.pool, resolve=True)
+    single = {**pool, "models": [pool["models"][member]],
+              "checkpoints": [pool["checkpoints"][member]] if pool.get("checkpoints") else None}
+    d = OmegaConf.to_container(cfg.distill, resolve=True)
+    d.pop("prior")
+    d.update(method="sre2lpp" if d.get("init") == "rded" else "sre2l", pool=single, ipc=int(p.ipc),
+             iterations=int(p.iterations), priors=None, holdout={"fraction": float(p.holdout), "seed": int(p.seed)},
+             committee={"size": 1, "mode": "fixed", "fixed": [0], "weights": "equal"})
+    pcfg = copy.deepcopy(cfg)
+    with open_dict(pcfg):
+        pcfg.distill = d
+        pcfg.ipc, pcfg.slc = int(p.ipc), int(p.slc)
+        if "label_budget" in pcfg:  # priors size their labels by slc, never by a byte budget
+            pcfg.label_budget = None
+        pcfg.labels.store = None
+        pcfg.train.epochs, pcfg.train.resume = int(p.epochs), False
+        pcfg.logger = {}
+        pcfg.trainer.devices, pcfg.trainer.strategy, pcfg.trainer.sync_batchnorm = 1, "auto", False
+    return pcfg
+
+
+def stage_priors(ctx: Context, pool: list[dict[str, Any]], relabel_teachers: list[dict[str, Any]]) -> list[float]:
+    """CV-DD's prior performance alpha of each pool teacher: the top-1 (%) of a student trained on that
+    teacher's own single-model distilled set, measured on a held-out part of the TRAIN split that the set
+    was not drawn from; never on the test split (the official code's test-set leak). Cached per teacher."""
+    cfg = ctx.cfg
+    alphas, t0 = [], time.time()
+    for i, t in enumerate(pool):
+        pcfg = prior_config(cfg, i)
+        pctx = Context(pcfg, ctx.cache)
+        train = build_source(cfg.dataset, "train")
+        image_dir, image_key, _ = stage_distill(pctx, relabel_teachers)
+        images = load_distilled(image_dir, train.classes, int(cfg.dataset.channels))
+        store_path, _ = stage_relabel(pctx, images, image_key, relabel_teachers)
+        training = {k: OmegaConf.to_container(pcfg[k], resolve=True) if OmegaConf.is_config(pcfg[k]) else pcfg[k]
+                    for k in ("model", "train", "schedule", "optimizer", "soft_loss", "hard_loss", "seed")}
+        holdout = pcfg.distill.holdout
+
+        def build(tmp: Path) -> dict[str, Any]:
+            _, held = holdout_views(train, float(holdout.fraction), int(holdout.seed))
+            with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=".prior-student.") as run_dir:
+                res = stage_train(pctx, images, store_path, Path(run_dir), eval_source=held)
+            log.info("prior of %s: %.2f%% on %d held-out train images", t["name"], res["top1"], len(held))
+            return {"teacher": t["name"], "top1": res["top1"], "measured_on": "train-holdout",
+                    "holdout_items": len(held), "holdout_indices": held.base_indices}
+
+        art = cached(ctx, "priors", artifacts.key_of(image_key, store_path.name, training),
+                     {"teacher": t["name"], "training": training, "holdout": OmegaConf.to_container(holdout)},
+                     {"images": image_key, "labels": store_path.name, t["name"]: t["key"]}, build)
+        alphas.append(float(art.manifest["top1"]))
+    ctx.timings["priors"] = time.time() - t0
+    log.info("committee priors: %s", dict(zip([t["name"] for t in pool], alphas)))
+    return alphas
 
 
 def build_committee(cfg: DictConfig, teachers: list[dict[str, Any]]) -> Committee:
@@ -267,7 +376,9 @@ def build_loggers(cfg: DictConfig) -> list:
     return [instantiate(lg) for lg in cfg.logger.values() if lg is not None and "_target_" in lg]
 
 
-def stage_train(ctx: Context, images: DistilledImages, store_path: Path, out_dir: Path) -> dict[str, Any]:
+def stage_train(ctx: Context, images: DistilledImages, store_path: Path, out_dir: Path,
+                eval_source: Any = None, preview: Path | None = None) -> dict[str, Any]:
+    """Train and test the student; `eval_source` replaces the test split (CV-DD priors: held-out train)."""
     cfg = ctx.cfg
     store = open_store_for(store_path, images, cfg.dataset)
     check_soft_batch(int(cfg.train.soft_batch_size), store.batch_size)
@@ -285,7 +396,8 @@ def stage_train(ctx: Context, images: DistilledImages, store_path: Path, out_dir
     dm = HALDDataModule(images, store_path, ds, schedule, int(cfg.train.soft_batch_size),
                         int(cfg.train.hard_batch_size), seed=int(cfg.seed), num_workers=int(cfg.train.num_workers),
                         eval_batch_size=int(cfg.train.eval_batch_size),
-                        hard_crop_scale=tuple(cfg.hard_loss.crop_scale), hard_flip_p=float(cfg.hard_loss.flip_p))
+                        hard_crop_scale=tuple(cfg.hard_loss.crop_scale), hard_flip_p=float(cfg.hard_loss.flip_p),
+                        eval_source=eval_source)
     dm.store = store
     phases = PhaseScheduler(schedule, cfg.optimizer.on_phase_switch, int(cfg.train.eval_every))
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
@@ -301,6 +413,8 @@ def stage_train(ctx: Context, images: DistilledImages, store_path: Path, out_dir
                             "labels/sli": store.passes, "ipc": images.ipc, "lr": lr, "eta": eta,
                             "schedule": schedule.timeline()})
         lg.log_metrics({"labels/bytes": float(label_bytes)}, step=0)
+        if preview is not None and hasattr(lg, "log_image"):  # W&B: the distilled images as one grid
+            lg.log_image("distill/images", [str(preview)])
     t0 = time.time()
     resume = "last" if cfg.train.resume else None
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
@@ -331,7 +445,12 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
     images = folder_images or load_distilled(image_dir, build_source(cfg.dataset, "test").classes,
                                              int(cfg.dataset.channels))
     store_path, store_reused = stage_relabel(ctx, images, image_key, teachers)
-    result = stage_train(ctx, images, store_path, out_dir)
+    preview = image_dir.parent / "grid.png" if image_key != "folder" else None
+    if preview is not None and preview.is_file():
+        shutil.copy2(preview, out_dir / "distilled_grid.png")
+    else:
+        preview = None
+    result = stage_train(ctx, images, store_path, out_dir, preview=preview)
     is_global_zero = result.pop("is_global_zero")
     summary = {
         "dataset": cfg.dataset.name, "student": cfg.model.name,

@@ -62,7 +62,7 @@ class HALDDataModule(L.LightningDataModule):
     def __init__(self, distilled: Path | str | DistilledImages, store: Path | str, dataset: Mapping[str, Any],
                  schedule: Schedule, soft_batch_size: int, hard_batch_size: int, seed: int = 0,
                  num_workers: int = 0, eval_batch_size: int = 256, hard_crop_scale=(0.08, 1.0),
-                 hard_flip_p: float = 0.5):
+                 hard_flip_p: float = 0.5, eval_source: Dataset | None = None):
         super().__init__()
         self.distilled_arg, self.store_path, self.ds = distilled, Path(store), dict(dataset)
         self.schedule, self.seed, self.num_workers = schedule, seed, num_workers
@@ -71,6 +71,8 @@ class HALDDataModule(L.LightningDataModule):
         self.distilled: DistilledImages | None = None
         self.store: LabelStore | None = None
         self.test_set = None
+        # What validation and test measure: the test split, or (CV-DD priors) a held-out part of train.
+        self.eval_source = eval_source
 
     # -- setup: open everything and check it fits, before any training step -----------------------------
     def setup(self, stage: str | None = None) -> None:
@@ -81,10 +83,10 @@ class HALDDataModule(L.LightningDataModule):
             self.store = open_store_for(self.store_path, self.distilled, self.ds)
             check_soft_batch(self.soft_batch_size, self.store.batch_size)
         if self.test_set is None:
-            self.test_set = Transformed(build_source(self.ds, "test"), eval_transform(self.ds))
+            self.test_set = Transformed(self.eval_source or build_source(self.ds, "test"), eval_transform(self.ds))
 
     def _classes(self) -> list[str]:
-        return build_source(self.ds, "test").classes
+        return (self.eval_source or build_source(self.ds, "test")).classes
 
     @property
     def current_epoch(self) -> int:

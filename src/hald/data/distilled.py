@@ -6,7 +6,7 @@ release format, folder number = class id) or folders named like the dataset's cl
 from __future__ import annotations
 
 import hashlib
-
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,7 +110,15 @@ def write_imagefolder(root: Path, images: torch.Tensor, targets: torch.Tensor) -
     for img, t in track(list(zip(images, targets.tolist())), description="writing PNGs", transient=True):
         k = counters.get(t, 0)
         counters[t] = k + 1
-        d = Path(root) / f"{t:05d}"
-        d.mkdir(parents=True, exist_ok=True)
-        arr = img.permute(1, 2, 0).numpy()
-        Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(d / f"{k:05d}.png")
+        save_png(img, Path(root) / f"{t:05d}" / f"{k:05d}.png")
+
+
+def save_png(img: torch.Tensor, path: Path) -> None:
+    """One uint8 [C, H, W] image as a lossless PNG, written under a temporary name and renamed into place
+    (a reader, or a resumed run, never sees half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = img.permute(1, 2, 0).cpu().numpy()
+    tmp = path.with_name(f".{path.name}.tmp")
+    Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(tmp, format="PNG")
+    os.replace(tmp, path)

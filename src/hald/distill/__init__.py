@@ -1,6 +1,11 @@
-"""Distillation methods: each makes (or names) a folder of distilled images for the pipeline.
+"""Distillation methods: each makes a folder of distilled images for the pipeline (`distill=<name>`).
 
-A method is a function (cfg, context) -> manifest fields, registered in METHODS; recover methods (SRe2L,
-CV-DD) and RDED selection plug in here in their own modules.
+- `random` (subset.py): a seeded random subset of real images;
+- `rded` (rded.py): the teacher's best real crops, stitched;
+- `sre2l`, `sre2lpp`, `cvdd` (recover.py): images recovered by BatchNorm-statistics matching with one
+  teacher or a committee (committee.py, bn_matching.py, augment.py), resumable per unit (units.py);
+- `folder` is handled by the pipeline (an existing set on disk).
 """
-from hald.distill.subset import METHODS, distill_random  # noqa: F401
+from hald.distill.registry import CHECKS, METHODS, check_method, register  # noqa: F401
+from hald.distill import subset, rded, recover  # noqa: F401,E402  (importing registers the methods)
+from hald.distill.subset import distill_random  # noqa: F401

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import torch
 from rich.progress import track
@@ -10,15 +10,7 @@ from torchvision.transforms import v2
 
 from hald.data.distilled import write_imagefolder
 from hald.data.sources import ImageSource
-
-METHODS: dict[str, Callable[..., dict[str, Any]]] = {}
-
-
-def register(name: str):
-    def deco(fn):
-        METHODS[name] = fn
-        return fn
-    return deco
+from hald.distill.registry import register
 
 
 def select_random(targets: list[int], num_classes: int, ipc: int, seed: int) -> list[int]:

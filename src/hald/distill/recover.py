@@ -1,0 +1,257 @@
+"""`distill=sre2l | sre2lpp | cvdd`: recover images by matching a committee's BatchNorm statistics.
+
+One function serves the three methods; the config decides:
+- SRe2L: one teacher, Gaussian-noise init;
+- SRe2L++ (CV-DD's strong baseline): one teacher, init from RDED images;
+- CV-DD: a committee per IPC index (see committee.py), weights softmax(alpha / 5), init from RDED images.
+
+One image per class per IPC index; the classes are optimised in chunks of `class_chunk` (one batch = one
+image of each class of the chunk). A unit (IPC index, chunk) starts from its own init and optimiser and runs
+
+    L = sum_i w_i (CE_i + r_bn * BN_i)              (BN_i: bn_matching.py, s = 10 for the first BatchNorm)
+
+for `iterations` Adam steps on the normalised pixels (lr 0.25, betas (0.5, 0.9), cosine to 0), each step on
+one shared RandomResizedCrop + flip + roll of the batch (augment.py), pixels clamped to the valid range after
+every step. Units are seeded by (seed, IPC index, chunk), written as they finish and skipped when a killed
+run is started again (units.py). With `devices > 1` the IPC indices are shared out over DDP ranks
+(IPC index i goes to rank i mod world size), through Lightning Fabric.
+"""
+from __future__ import annotations
+
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+from hald.artifacts import plain
+from hald.data.distilled import load_distilled
+from hald.data.sources import ImageSource
+from hald.distill.augment import jitter_batch
+from hald.distill.bn_matching import BNStatistics
+from hald.distill.committee import CommitteeSchedule
+from hald.distill.pixels import normalize, to_uint8, valid_range
+from hald.distill.rded import rded_images, resolve_factor
+from hald.distill.registry import register
+from hald.distill.runtime import load_pool_teacher, make_fabric, save_grid, seed_of
+from hald.distill.units import UnitStore
+from hald.errors import ConfigError
+
+log = logging.getLogger(__name__)
+INITS = ("noise", "rded")
+
+
+@dataclass
+class RecoverSettings:  # not frozen: Lightning's spawn launcher rebuilds dataclass arguments
+    iterations: int = 4000
+    lr: float = 0.25
+    betas: tuple[float, float] = (0.5, 0.9)
+    r_bn: float = 0.01
+    first_bn_multiplier: float = 10.0
+    jitter: int = 4
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    flip_p: float = 0.5
+    log_every: int = 10
+
+
+def recover_unit(voters: Sequence[nn.Module], weights: torch.Tensor, x0: torch.Tensor, targets: torch.Tensor,
+                 dataset: Mapping[str, Any], s: RecoverSettings, on_log=None) -> tuple[torch.Tensor, dict]:
+    """Optimise one batch (normalised pixels x0, one target class per image); returns (x, loss history).
+
+    History: the weighted CE and BN sums at iteration 0, every `log_every` iterations and the last one.
+    """
+    x = x0.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=s.lr, betas=tuple(s.betas), eps=1e-8)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=s.iterations)  # 0.5(1+cos(pi t/T)) lr
+    lo, hi = valid_range(dataset, x)
+    stats = [BNStatistics(v, s.first_bn_multiplier) for v in voters]
+    size = int(dataset["input_size"])
+    history: dict[str, list[float]] = {"iteration": [], "ce": [], "bn": [], "loss": []}
+    try:
+        for t in range(s.iterations):
+            xa = jitter_batch(x, size, tuple(s.crop_scale), s.flip_p, s.jitter)
+            ce_sum = bn_sum = loss = 0.0
+            for w, net, st in zip(weights.tolist(), voters, stats):
+                ce = F.cross_entropy(net(xa), targets)
+                bn = st.pop()
+                loss = loss + w * (ce + s.r_bn * bn)
+                ce_sum, bn_sum = ce_sum + w * ce.detach(), bn_sum + w * bn.detach()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                x.copy_(torch.maximum(torch.minimum(x, hi), lo))
+            if t % s.log_every == 0 or t == s.iterations - 1:
+                vals = {"ce": float(ce_sum), "bn": float(bn_sum), "loss": float(loss.detach())}
+                history["iteration"].append(t)
+                for k, v in vals.items():
+                    history[k].append(v)
+                if on_log is not None:
+                    on_log(t, vals)
+    finally:
+        for st in stats:
+            st.remove()
+    return x.detach(), history
+
+
+@dataclass
+class RecoverJob:
+    """Everything a rank needs (pickled to spawned DDP processes)."""
+    teachers: list[dict[str, Any]]
+    dataset: dict[str, Any]
+    settings: RecoverSettings
+    schedule: CommitteeSchedule
+    init: str
+    init_images: torch.Tensor | None  # uint8 [classes, ipc, C, H, W] when init = rded
+    ipc: int
+    class_chunk: int
+    seed: int
+    work_dir: Path
+    progress: bool
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.dataset["num_classes"])
+
+    def units(self) -> list[tuple[int, int]]:
+        chunks = -(-self.num_classes // self.class_chunk)
+        return [(i, k) for i in range(self.ipc) for k in range(chunks)]
+
+    def classes(self, chunk: int) -> list[int]:
+        return list(range(chunk * self.class_chunk, min((chunk + 1) * self.class_chunk, self.num_classes)))
+
+    def x0(self, ipc_index: int, chunk: int, device: torch.device) -> torch.Tensor:
+        """The unit's start: RDED images (normalised) or N(0, 1) noise in normalised space (global RNG, seeded)."""
+        cls = self.classes(chunk)
+        if self.init == "rded":
+            x01 = self.init_images[cls, ipc_index].float() / 255
+            return normalize(x01, self.dataset).to(device)
+        size, ch = int(self.dataset["input_size"]), int(self.dataset["channels"])
+        return torch.randn(len(cls), ch, size, size).to(device)
+
+
+def _progress(enabled: bool) -> Progress:
+    return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeRemainingColumn(), TextColumn("{task.fields[losses]}"), transient=True,
+                    disable=not enabled)
+
+
+def run_rank(fabric, job: RecoverJob) -> None:
+    """This rank's share of the units: IPC indices i with i mod world size = rank; finished ones skipped."""
+    store = UnitStore(job.work_dir)
+    todo = [(i, k) for i, k in job.units()
+            if i % fabric.world_size == fabric.global_rank and not store.is_done(i, k)]
+    nets: dict[int, nn.Module] = {}
+    s = job.settings
+    with _progress(job.progress and fabric.global_rank == 0) as bar:
+        task = bar.add_task("recover", total=len(todo) * s.iterations, losses="")
+        for n, (i, k) in enumerate(todo):
+            members, weights = job.schedule.members(i), job.schedule.weights(i)
+            for m in members:
+                if m not in nets:
+                    nets[m] = load_pool_teacher(job.teachers[m], job.dataset, fabric.device)
+            cls = job.classes(k)
+            unit_seed = seed_of(job.seed, i, k)
+            bar.update(task, description=f"recover ipc {i} chunk {k} [{'+'.join(job.teachers[m]['name'] for m in members)}]")
+
+            def on_log(t: int, vals: dict[str, float]) -> None:
+                bar.update(task, completed=n * s.iterations + t + 1,
+                           losses=f"ce {vals['ce']:.3f}  bn {vals['bn']:.3f}  loss {vals['loss']:.3f}")
+
+            with torch.random.fork_rng(devices=[]):  # units are independent of each other and of the order
+                torch.manual_seed(unit_seed)
+                x, hist = recover_unit([nets[m] for m in members], weights.to(fabric.device),
+                                       job.x0(i, k, fabric.device), torch.tensor(cls, device=fabric.device),
+                                       job.dataset, s, on_log)
+            store.write(i, k, to_uint8(x, job.dataset), cls, {
+                "rank": fabric.global_rank, "seed": unit_seed, "members": [job.teachers[m]["name"] for m in members],
+                "weights": [round(float(w), 6) for w in weights], "iterations": s.iterations,
+                "first": {key: hist[key][0] for key in ("ce", "bn", "loss")},
+                "last": {key: hist[key][-1] for key in ("ce", "bn", "loss")}})
+    fabric.barrier()
+
+
+def resolve_jitter(jitter: int | str, input_size: int) -> int:
+    """auto: 4 px at CIFAR / Tiny-ImageNet scale (<= 64 px), 32 px at ImageNet scale (the papers' values)."""
+    return (4 if input_size <= 64 else 32) if jitter == "auto" else int(jitter)
+
+
+def committee_schedule(names: Sequence[str], committee: Mapping[str, Any] | None, seed: int,
+                       priors: Sequence[float] | None) -> CommitteeSchedule:
+    c = dict(committee or {"size": 1, "mode": "fixed"})
+    return CommitteeSchedule(list(names), int(c.get("size", 1)), c.get("mode", "fixed"), c.get("fixed"), seed,
+                             c.get("weights", "prior"), None if priors is None else [float(p) for p in priors],
+                             float(c.get("temperature", 5.0)))
+
+
+def check_recover(dcfg: Mapping[str, Any], dataset: Mapping[str, Any]) -> None:
+    """Pre-flight: everything about a recover config that can fail, before teachers are trained."""
+    if dcfg.get("init", "noise") not in INITS:
+        raise ConfigError(f"distill.init={dcfg.get('init')}; fix: one of {list(INITS)}")
+    for key in ("iterations", "class_chunk", "devices"):
+        if int(dcfg.get(key, 1)) < 1:
+            raise ConfigError(f"distill.{key}={dcfg.get(key)} must be >= 1; fix: a positive value")
+    names = list((dcfg.get("pool") or {}).get("models") or ["teacher"])
+    priors = dcfg.get("priors")
+    # Measured priors are not known yet: stand-ins check the committee's shape.
+    committee_schedule(names, dcfg.get("committee"), int(dcfg.get("seed", 0)),
+                       priors if priors is not None else [0.0] * len(names))
+    if dcfg.get("init") == "rded":
+        resolve_factor((dcfg.get("rded") or {}).get("factor", "auto"), int(dataset["input_size"]))
+
+
+@register("sre2l", "sre2lpp", "cvdd", check=check_recover)
+def distill_recover(source: ImageSource, dataset: Mapping[str, Any], out_dir: Path, teachers: list[dict[str, Any]],
+                    method: str, ipc: int, seed: int, init: str = "noise", iterations: int = 4000, lr: float = 0.25,
+                    betas: Sequence[float] = (0.5, 0.9), r_bn: float = 0.01, first_bn_multiplier: float = 10.0,
+                    jitter: int | str = "auto", crop_scale: Sequence[float] = (0.08, 1.0), flip_p: float = 0.5,
+                    class_chunk: int = 100, devices: int = 1, committee: Mapping[str, Any] | None = None,
+                    priors: Sequence[float] | None = None, rded: Mapping[str, Any] | None = None,
+                    work_dir: Path | None = None, trainer_kwargs: Mapping[str, Any] | None = None,
+                    **_: Any) -> dict[str, Any]:
+    dataset = dict(plain(dataset))  # plain containers: the job is pickled to spawned ranks
+    check_recover({"init": init, "iterations": iterations, "class_chunk": class_chunk, "devices": devices,
+                   "committee": committee, "seed": seed, "priors": priors, "rded": rded,
+                   "pool": {"models": [t["name"] for t in teachers]}}, dataset)
+    schedule = committee_schedule([t["name"] for t in teachers], committee, seed, priors)
+    settings = RecoverSettings(int(iterations), float(lr), tuple(betas), float(r_bn), float(first_bn_multiplier),
+                               resolve_jitter(jitter, int(dataset["input_size"])), tuple(crop_scale), float(flip_p))
+    own_work_dir = work_dir is None
+    work = Path(out_dir) / ".work" if own_work_dir else Path(work_dir)
+    store = UnitStore(work)
+    progress = bool((trainer_kwargs or {}).get("enable_progress_bar", True))
+    job = RecoverJob(teachers, dataset, settings, schedule, init, None, ipc, class_chunk, seed, work, progress)
+    missing = [u for u in job.units() if not store.is_done(*u)]
+    init_selection = None
+    if missing and init == "rded":  # cheap and deterministic: recomputed rather than cached on resume
+        fabric = make_fabric(trainer_kwargs)
+        scorer = load_pool_teacher(teachers[0], dataset, fabric.device)
+        job.init_images, init_selection = rded_images(source, dataset, scorer, ipc, seed, progress=progress,
+                                                      **dict(rded or {}))
+    if missing:
+        log.info("recover: %d of %d units to do (%d finished before) on %d device(s)", len(missing),
+                 len(job.units()), len(job.units()) - len(missing), devices)
+        make_fabric(trainer_kwargs, devices).launch(run_rank, job)
+    records = store.records()
+    done = {(r["ipc_index"], r["chunk"]) for r in records}
+    if done != set(job.units()):
+        raise RuntimeError(f"recover finished {len(done)} of {len(job.units())} units in {work}; run again to resume")
+    store.promote(Path(out_dir) / "images")
+    if own_work_dir:
+        shutil.rmtree(work, ignore_errors=True)
+    made = load_distilled(Path(out_dir) / "images", [str(k) for k in range(job.num_classes)], int(dataset["channels"]))
+    save_grid(Path(out_dir) / "grid.png", made.images.view(job.num_classes, ipc, *made.images.shape[1:]), ipc)
+    committees = {i: {"members": [teachers[m]["name"] for m in schedule.members(i)],
+                      "weights": [round(float(w), 6) for w in schedule.weights(i)]} for i in range(ipc)}
+    return {"method": method, "ipc": ipc, "seed": seed, "init": init, "iterations": int(iterations),
+            "teachers": [{"name": t["name"], "key": t["key"]} for t in teachers],
+            "priors": None if priors is None else [float(p) for p in priors],
+            "committee": {"size": schedule.size, "mode": schedule.mode, "weights": schedule.weighting,
+                          "temperature": schedule.temperature, "per_ipc_index": committees},
+            "init_selection": init_selection, "units": records, "images_dir": "images", "grid": "grid.png"}

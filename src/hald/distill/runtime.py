@@ -1,0 +1,43 @@
+"""What every teacher-driven method needs: per-unit seeds, a Lightning Fabric for the device, the teachers
+of the pool in eval mode, and a preview grid of the result."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from hald.models import load_teacher
+
+
+def seed_of(*parts: int) -> int:
+    """A well-mixed 32-bit seed from integers (base seed, IPC index, chunk, ...): units are independent."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+
+
+def make_fabric(trainer_kwargs: Mapping[str, Any] | None, devices: int = 1):
+    """Devices come from Lightning: the pipeline's accelerator; several devices = DDP processes (spawned)."""
+    from lightning.fabric import Fabric
+
+    accelerator = (trainer_kwargs or {}).get("accelerator", "auto")
+    strategy = "ddp_spawn" if devices > 1 else "auto"
+    return Fabric(accelerator=accelerator, devices=devices, strategy=strategy)
+
+
+def load_pool_teacher(teacher: Mapping[str, Any], dataset: Mapping[str, Any], device: torch.device) -> nn.Module:
+    """A frozen teacher in eval mode (BatchNorm uses running statistics: they are recover's targets)."""
+    pretrained = teacher.get("source") if teacher.get("source") == "torchvision" else None
+    net = load_teacher(teacher["name"], int(dataset["num_classes"]), int(dataset["channels"]),
+                       int(dataset["input_size"]), teacher.get("weights"), pretrained)
+    return net.to(device).eval().requires_grad_(False)
+
+
+def save_grid(path: Path, images: torch.Tensor, per_row: int, max_rows: int = 20, max_cols: int = 20) -> None:
+    """A PNG preview: uint8 [classes, ipc, C, H, W] as rows = classes (at most 20 x 20 images)."""
+    from torchvision.utils import make_grid, save_image
+
+    shown = images[:max_rows, :max_cols]
+    grid = make_grid(shown.flatten(0, 1).float() / 255, nrow=min(per_row, max_cols), padding=1, pad_value=1.0)
+    save_image(grid, str(path))
