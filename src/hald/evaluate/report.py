@@ -36,11 +36,12 @@ def fmt(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.2f} ± {sd:.2f}"
 
 
-def table(runs: list[dict[str, Any]], by: list[str]) -> str:
+def table(runs: list[dict[str, Any]], by: list[str], extra: tuple[str, ...] = ()) -> str:
+    """One row per distinct value of the `by` config keys; `extra` adds result fields (first run's value)."""
     groups: dict[tuple, list[dict]] = {}
     for r in runs:
         groups.setdefault(tuple(value(r, k) for k in by), []).append(r)
-    head = [*by, "seeds", "top-1 (final)", "top-5 (final)", "top-1 at phase ends (mean)", "label bytes"]
+    head = [*by, *extra, "seeds", "top-1 (final)", "top-5 (final)", "top-1 at phase ends (mean)", "label bytes"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, rs in sorted(groups.items(), key=lambda kv: str(kv[0])):
         ends: dict[int, list[float]] = {}
@@ -48,7 +49,8 @@ def table(runs: list[dict[str, Any]], by: list[str]) -> str:
             for e in r["result"]["eval_log"]:
                 ends.setdefault(e["epoch"], []).append(e["top1"])
         trace = " → ".join(f"e{e}: {statistics.mean(v):.1f}" for e, v in sorted(ends.items()))
-        lines.append("| " + " | ".join([*(str(k) for k in key), str(len(rs)),
+        lines.append("| " + " | ".join([*(str(k) for k in key), *(str(rs[0]["result"].get(x)) for x in extra),
+                                        str(len(rs)),
                                         fmt([r["result"]["top1"] for r in rs]), fmt([r["result"]["top5"] for r in rs]),
                                         trace, str(rs[0]["result"]["label_bytes"])]) + " |")
     return "\n".join(lines)

@@ -1,0 +1,180 @@
+"""`make bench`: the storage and data-path benchmarks, each a ratio measured side by side in one process.
+
+    python -m hald.bench [--out experiments/bench.md] [--skip-accuracy]
+
+1. replay: images/s of the vectorised `render` against a per-image loop, on the same stored records
+2. relabel: labels/s of grouped-BN (BSSL) relabel, 8 stored batches per forward, against one forward per batch
+3. training: soft-epoch step time against hard-epoch step time, same student and batch size
+4. storage: bytes per stored label for each codec at C = 10, 200, 1000, and labels per class in 285 MB (IN-1K)
+5. accuracy at equal bytes on mnist5k (fp16 / top-k / quantised), HALD schedule, 3 seeds (a Hydra multirun)
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from hald.data.replay import render, render_loop, sample_pass
+from hald.labels.codecs import Codec
+from hald.labels.relabel import label_groups
+from hald.labels.store import shard_bytes
+from hald.models import build_backbone
+from hald.models.teachers import Committee
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def best_of(fn: Callable[[], object], repeat: int = 5) -> float:
+    """Seconds of the fastest of `repeat` calls (after one warm-up): the least noisy estimate on a shared box."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return min(times)
+
+
+def bench_replay(n_images: int = 200, size: int = 64, batch: int = 64) -> dict:
+    images = (torch.rand(n_images, 3, size, size) * 255).to(torch.uint8)
+    batches = sample_pass(n_images, (size, size), batch, size, seed=0)
+    mean, std = torch.tensor([0.5] * 3), torch.tensor([0.25] * 3)
+    vec = best_of(lambda: [render(images, g, size, mean, std) for g in batches])
+    loop = best_of(lambda: [render_loop(images, g, size, mean, std) for g in batches])
+    return {"what": f"replay {n_images} images {size}px, records of {batch}", "vectorised img/s": n_images / vec,
+            "per-image loop img/s": n_images / loop, "ratio": loop / vec}
+
+
+def bench_relabel(groups: int = 8, batch: int = 16, size: int = 32) -> dict:
+    torch.manual_seed(0)
+    committee = Committee([build_backbone("resnet18_small", 100, 3, size)], mode="bssl")
+    xs = [torch.randn(batch, 3, size, size) for _ in range(groups)]
+    grouped = best_of(lambda: label_groups(committee, xs, 20.0), repeat=3)
+    single = best_of(lambda: [label_groups(committee, [x], 20.0) for x in xs], repeat=3)
+    n = groups * batch
+    return {"what": f"BSSL relabel, resnet18_small {size}px, {groups} groups of {batch}",
+            "grouped labels/s": n / grouped, "per-group labels/s": n / single, "ratio": single / grouped}
+
+
+def bench_training(steps: int = 20, batch: int = 16) -> dict:
+    """One soft step (replay + KL) against one hard step (fresh crops + CutMix + CE), convnet_w32 on 28 px."""
+    from hald.data.datamodule import HardCropDataset, SoftReplayDataset
+    from hald.labels.store import LabelStore, write_shard
+    from hald.train.losses import cutmix_smoothed_targets, soft_kl, soft_target_ce
+    import tempfile
+
+    ds = {"input_size": 28, "mean": [0.13], "std": [0.31]}
+    images = (torch.rand(steps * batch, 1, 28, 28) * 255).to(torch.uint8)
+    targets = torch.arange(10).repeat_interleave(len(images) // 10)
+    batches = sample_pass(len(images), (28, 28), batch, 28, seed=0)
+    codec = Codec("float")
+    with tempfile.TemporaryDirectory() as tmp:
+        write_shard(Path(tmp) / "pass_0000.safetensors", batches,
+                    [torch.softmax(torch.randn(len(g), 10), 1) for g in batches], codec, 0, len(images))
+        store = LabelStore(Path(tmp), {"passes": 1, "batches_per_pass": len(batches), "batch_size": batch,
+                                       "num_classes": 10, "codec": codec.spec()})
+        soft = SoftReplayDataset(store, images, [[i] for i in range(len(batches))], 28, ds["mean"], ds["std"])
+        hard = torch.utils.data.DataLoader(HardCropDataset(images, targets, ds), batch_size=batch, shuffle=True)
+        net = build_backbone("convnet_w32", 10, 1, 28)
+        opt = torch.optim.AdamW(net.parameters(), 1e-3)
+
+        def step(loss):
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+
+        def soft_epoch():
+            for i in range(len(soft)):
+                b = soft[i]
+                step(soft_kl(net(b["x"]), b["target"], 20.0, True))
+
+        def hard_epoch():
+            for x, y in hard:
+                x, t = cutmix_smoothed_targets(x, y, 10, 1.0, 0.8)
+                step(soft_target_ce(net(x), t))
+
+        ts, th = best_of(soft_epoch, 3), best_of(hard_epoch, 3)
+    return {"what": f"student step, convnet_w32 28px batch {batch}", "soft ms/step": 1000 * ts / steps,
+            "hard ms/step": 1000 * th / steps, "ratio": ts / th}
+
+
+def bench_storage(ipc: int = 10, batch: int = 16, budget: float = 285e6) -> list[dict]:
+    codecs = {"fp32": Codec("float", dtype="float32"), "fp16": Codec("float"),
+              "topk k=10": Codec("topk", k=10), "topk k=100": Codec("topk", k=100),
+              "quant log 8-bit": Codec("quant", bits=8), "quant prob 14-bit": Codec("quant", bits=14, space="prob"),
+              "topk_quant k=10 6-bit": Codec("topk_quant", k=10, bits=6)}
+    rows = []
+    for name, codec in codecs.items():
+        row = {"codec": name}
+        for c in (10, 200, 1000):
+            n = ipc * c
+            row[f"B/label C={c}"] = shard_bytes(n, batch, codec, c) / n  # all shard bytes per stored label
+        n = ipc * 1000
+        per_pass = shard_bytes(n, batch, codec, 1000)
+        row["IN-1K labels/class in 285MB"] = int((budget - 50_000) // per_pass) * ipc  # 50 kB manifest reserve
+        rows.append(row)
+    return rows
+
+
+ACCURACY_CODECS = {"fp16": [], "topk": ["labels.codec.k=3"], "quant": ["labels.codec.bits=4"]}
+
+
+def bench_accuracy(out: Path, seeds: str = "0,1,2", budget: str = "12KB") -> str:
+    """The default pipeline (HALD, mnist5k, ipc 10) under one byte budget, once per codec; teachers and images
+    are shared through the artifact cache, the planner gives each codec as many passes as fit."""
+    from hald.evaluate.report import collect, table
+
+    sweeps = []
+    for name, params in ACCURACY_CODECS.items():
+        sweeps.append(out / f"accuracy_{name}")
+        cmd = [sys.executable, "src/run.py", "-m", f"seed={seeds}", f"label_budget={budget}", f"codec={name}",
+               *params, "logger=none", "trainer.enable_progress_bar=false", f"hydra.sweep.dir={sweeps[-1]}"]
+        subprocess.run(cmd, cwd=ROOT, check=True, env={**os.environ, "WANDB_MODE": "disabled"})
+    return table(collect(sweeps), ["labels.codec.name", "labels.codec.k", "labels.codec.bits", "label_budget"],
+                 extra=("sli",))
+
+
+def fmt_table(rows: list[dict]) -> str:
+    keys = list(rows[0])
+    out = ["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys)]
+    for r in rows:
+        out.append("| " + " | ".join(f"{v:,.1f}" if isinstance(v, float) else f"{v:,}" if isinstance(v, int)
+                                     else str(v) for v in r.values()) + " |")
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description="hald benchmarks")
+    ap.add_argument("--out", type=Path, default=ROOT / "experiments" / "bench.md")
+    ap.add_argument("--skip-accuracy", action="store_true", help="skip benchmark 5 (a ~10 min multirun)")
+    args = ap.parse_args(argv)
+    header = (f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+              f"{torch.get_num_threads()} threads; {time.strftime('%Y-%m-%d')}; command: `make bench`")
+    parts = [f"# Benchmarks\n\n{header}\n"]
+    for title, fn in (("1. Replay (goal: vectorised >= 3x the per-image loop)", bench_replay),
+                      ("2. Relabel (goal: grouped BN >= 3x one forward per group of 16)", bench_relabel),
+                      ("3. Training step (goal: soft step at most 10% slower than hard)", bench_training)):
+        print(title, flush=True)
+        parts.append(f"## {title}\n\n{fmt_table([fn()])}\n")
+        print(parts[-1], flush=True)
+    parts.append("## 4. Storage: bytes per stored label (labels + geometry + shard header, ipc 10, batch 16)\n\n"
+                 + fmt_table(bench_storage()) + "\n")
+    print(parts[-1], flush=True)
+    if not args.skip_accuracy:
+        parts.append("## 5. Accuracy at equal bytes (mnist5k, ipc 10, label_budget 12KB, HALD, 3 seeds)\n\n"
+                     + bench_accuracy(ROOT / "outputs" / "bench") + "\n")
+        print(parts[-1], flush=True)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text("\n".join(parts))
+    print(f"written {args.out}")
+
+
+if __name__ == "__main__":
+    main()
