@@ -116,3 +116,16 @@ def test_file_based_rgb_dataset_runs_end_to_end(fast_cfg, tmp_path):
     out = pipeline.run(cfg)
     assert out["ipc"] == 4 and out["sli"] == 2 and 0 <= out["top1"] <= 100
     assert len(list(pipeline.Path(out["images"]).rglob("*.png"))) == 12
+
+
+def test_csv_and_wandb_loggers_record_phase_lr_accuracy_and_label_bytes(fast_cfg):
+    import os
+
+    assert os.environ["WANDB_MODE"] == "disabled"  # conftest: W&B never leaves the machine in tests
+    cfg = fast_cfg("train.epochs=3", "logger=many")
+    pipeline.run(cfg)
+    text = next(pipeline.Path(cfg.paths.output_dir).rglob("metrics.csv")).read_text()
+    header = text.splitlines()[0].split(",")
+    for col in ("labels/bytes", "train/phase", "lr-AdamW/pg1", "val/top1", "val/top5", "train/loss_soft",
+                "train/loss_hard"):
+        assert col in header, (col, header)
