@@ -8,10 +8,8 @@ from hald.data.sources import SOURCES
 from hald.distill.committee import voter_weights
 
 # A recover that still moves: few iterations, few real images scored, priors from a tiny set and 2 epochs.
-# The pool keeps three architectures but swaps MobileNetV2 (slowest to evaluate on a CPU) for convnet_w32,
-# which is also FAST's relabel teacher (same model and recipe: squeezed once).
 TINY = ["distill.iterations=8", "distill.rded.mipc=20", "distill.prior.ipc=2", "distill.prior.slc=4",
-        "distill.prior.epochs=2", "train.epochs=2", "distill.pool.models=[convnet_w64,resnet10_w16_small,convnet_w32]"]
+        "distill.prior.epochs=2", "train.epochs=2"]
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
