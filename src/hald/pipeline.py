@@ -81,7 +81,7 @@ def cached(ctx: Context, stage: str, key: str, config: Any, upstream: dict[str, 
     with artifacts.building(path) as tmp:
         fields = build(tmp)
         artifacts.finish(tmp, stage, key, config, upstream, **fields)
-    ctx.timings[stage] = time.time() - t0
+    ctx.timings[stage] = ctx.timings.get(stage, 0.0) + time.time() - t0  # several teachers: their sum
     return Artifact(stage, key, path, artifacts.read_manifest(path), reused=False)
 
 
@@ -225,7 +225,7 @@ def stage_distill(ctx: Context, teachers: list[dict[str, Any]]) -> tuple[Path, s
 def prior_config(cfg: DictConfig, member: int) -> DictConfig:
     """The run that measures pool teacher `member`'s prior: its own single-model recover (SRe2L++ with the
     same recipe, `distill.prior.ipc` images per class, drawn from the train split minus the held-out part),
-    then the pipeline's relabel and student training, shortened by `distill.prior`, on one device."""
+    then the pipeline's relabel and student training (`distill.prior.epochs` and `.schedule`), on one device."""
     p = cfg.distill.prior
     pool = OmegaConf.to_container(cfg.distill.pool, resolve=True)
     single = {**pool, "models": [pool["models"][member]],
@@ -243,6 +243,7 @@ def prior_config(cfg: DictConfig, member: int) -> DictConfig:
             pcfg.label_budget = None
         pcfg.labels.store = None
         pcfg.train.epochs, pcfg.train.resume = int(p.epochs), False
+        pcfg.schedule.preset = str(p.get("schedule") or cfg.schedule.preset)
         pcfg.logger = {}
         pcfg.trainer.devices, pcfg.trainer.strategy, pcfg.trainer.sync_batchnorm = 1, "auto", False
     return pcfg
