@@ -16,4 +16,5 @@ for s in ${SEEDS:-0 1 2}; do
   [ "${PARALLEL:-0}" = 1 ] || wait
 done
 wait
-$PY -m hald.evaluate.report outputs/synthesis --by distill.method > experiments/synthesis_results.md
+PYTHONPATH=src${PYTHONPATH:+:$PYTHONPATH} $PY -m hald.evaluate.report outputs/synthesis --by distill.method \
+  > experiments/synthesis_results.md

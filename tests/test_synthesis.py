@@ -59,7 +59,8 @@ def test_distill_cvdd_end_to_end_with_priors_on_held_out_train_images(shared, mo
         used = {i for sel in single["init_selection"] for i in sel["train_indices"]}
         assert single["method"] == "sre2lpp" and used and not used & held
     # priors given by hand skip the measurement and make other images
-    ctx = pipeline.Context(compose(FAST + ["distill=cvdd", *TINY, "distill.priors=[90,50,10]"], shared), shared / "cache")
+    hand_cfg = compose(FAST + ["distill=cvdd", *TINY, "distill.priors=[90,50,10]"], shared)
+    ctx = pipeline.Context(hand_cfg, shared / "cache")
     hand, _, _ = pipeline.stage_distill(ctx, pipeline.stage_squeeze(ctx))
     assert str(hand) != out["images"] and len(seen) == 1
     assert artifacts.read_manifest(hand.parent)["priors"] == [90.0, 50.0, 10.0]

@@ -38,7 +38,7 @@ from hald.distill.committee import CommitteeSchedule
 from hald.distill.pixels import normalize, to_uint8, valid_range
 from hald.distill.rded import rded_images, resolve_factor
 from hald.distill.registry import register
-from hald.distill.runtime import load_pool_teacher, make_fabric, save_grid, seed_of
+from hald.distill.runtime import intra_op_threads, load_pool_teacher, make_fabric, save_grid, seed_of
 from hald.distill.units import UnitStore
 from hald.errors import ConfigError
 
@@ -114,6 +114,7 @@ class RecoverJob:
     seed: int
     work_dir: Path
     progress: bool
+    cpu_threads: int | None = None
 
     @property
     def num_classes(self) -> int:
@@ -149,7 +150,8 @@ def run_rank(fabric, job: RecoverJob) -> None:
             if i % fabric.world_size == fabric.global_rank and not store.is_done(i, k)]
     nets: dict[int, nn.Module] = {}
     s = job.settings
-    with _progress(job.progress and fabric.global_rank == 0) as bar:
+    threads = job.cpu_threads if fabric.device.type == "cpu" else None
+    with intra_op_threads(threads), _progress(job.progress and fabric.global_rank == 0) as bar:
         task = bar.add_task("recover", total=len(todo) * s.iterations, losses="")
         for n, (i, k) in enumerate(todo):
             members, weights = job.schedule.members(i), job.schedule.weights(i)
@@ -158,7 +160,8 @@ def run_rank(fabric, job: RecoverJob) -> None:
                     nets[m] = load_pool_teacher(job.teachers[m], job.dataset, fabric.device)
             cls = job.classes(k)
             unit_seed = seed_of(job.seed, i, k)
-            bar.update(task, description=f"recover ipc {i} chunk {k} [{'+'.join(job.teachers[m]['name'] for m in members)}]")
+            voters = "+".join(job.teachers[m]["name"] for m in members)
+            bar.update(task, description=f"recover ipc {i} chunk {k} [{voters}]")
 
             def on_log(t: int, vals: dict[str, float]) -> None:
                 bar.update(task, completed=n * s.iterations + t + 1,
@@ -211,7 +214,8 @@ def distill_recover(source: ImageSource, dataset: Mapping[str, Any], out_dir: Pa
                     method: str, ipc: int, seed: int, init: str = "noise", iterations: int = 4000, lr: float = 0.25,
                     betas: Sequence[float] = (0.5, 0.9), r_bn: float = 0.01, first_bn_multiplier: float = 10.0,
                     jitter: int | str = "auto", crop_scale: Sequence[float] = (0.08, 1.0), flip_p: float = 0.5,
-                    class_chunk: int = 100, devices: int = 1, committee: Mapping[str, Any] | None = None,
+                    class_chunk: int = 100, devices: int = 1, cpu_threads: int | None = None,
+                    committee: Mapping[str, Any] | None = None,
                     priors: Sequence[float] | None = None, rded: Mapping[str, Any] | None = None,
                     work_dir: Path | None = None, trainer_kwargs: Mapping[str, Any] | None = None,
                     **_: Any) -> dict[str, Any]:
@@ -226,10 +230,11 @@ def distill_recover(source: ImageSource, dataset: Mapping[str, Any], out_dir: Pa
     work = Path(out_dir) / ".work" if own_work_dir else Path(work_dir)
     store = UnitStore(work)
     progress = bool((trainer_kwargs or {}).get("enable_progress_bar", True))
-    job = RecoverJob(teachers, dataset, settings, schedule, init, None, ipc, class_chunk, seed, work, progress)
+    job = RecoverJob(teachers, dataset, settings, schedule, init, None, ipc, class_chunk, seed, work, progress,
+                     cpu_threads)
     missing = [u for u in job.units() if not store.is_done(*u)]
     init_selection = None
-    if missing and init == "rded":  # cheap and deterministic: recomputed rather than cached on resume
+    if init == "rded":  # cheap and deterministic: recomputed on resume (the manifest records the selection)
         fabric = make_fabric(trainer_kwargs)
         scorer = load_pool_teacher(teachers[0], dataset, fabric.device)
         job.init_images, init_selection = rded_images(source, dataset, scorer, ipc, seed, progress=progress,

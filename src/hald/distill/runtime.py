@@ -2,8 +2,9 @@
 of the pool in eval mode, and a preview grid of the result."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -41,3 +42,17 @@ def save_grid(path: Path, images: torch.Tensor, per_row: int, max_rows: int = 20
     shown = images[:max_rows, :max_cols]
     grid = make_grid(shown.flatten(0, 1).float() / 255, nrow=min(per_row, max_cols), padding=1, pad_value=1.0)
     save_image(grid, str(path))
+
+
+@contextmanager
+def intra_op_threads(n: int | None) -> Iterator[None]:
+    """Torch's intra-op CPU threads set to n for the duration (None: unchanged), restored afterwards."""
+    if not n:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(int(n))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
