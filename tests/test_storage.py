@@ -96,7 +96,7 @@ def test_planner_fills_the_budget_and_picks_auto_parameters():
         plan_store({"name": "topk", "k": "auto"}, 100, 10, 10, 16, 50, None, no_manifest)
 
 
-@pytest.mark.parametrize("name", ["convnet_w32", "resnet18_small"])
+@pytest.mark.parametrize("name", ["convnet_w32", "resnet18_small", "mobilenetv2_100_small"])
 def test_grouped_bssl_equals_one_forward_per_group(name):
     torch.manual_seed(0)
     net = build_backbone(name, 10, 3, 16).eval()

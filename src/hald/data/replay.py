@@ -81,8 +81,10 @@ def render(images: torch.Tensor, g: Geometry, out_size: int, mean: torch.Tensor,
     # sampling_ratio=-1 averages ceil(box/out) samples per output pixel, which anti-aliases downscaling.
     x = roi_align(x, rois.to(x.dtype), output_size=(out_size, out_size), spatial_scale=1.0,
                   sampling_ratio=-1, aligned=True)
-    x = torch.where(g.flip.view(b, 1, 1, 1), x.flip(-1), x)
-    x = (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+    flip = g.flip.bool()
+    if flip.any():  # in place and only the flipped rows: the renderer runs in every loader worker
+        x[flip] = x[flip].flip(-1)
+    x.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
     y1, x1, y2, x2 = (int(v) for v in g.mix_box)
     if y2 > y1 and x2 > x1:
         x[:, :, y1:y2, x1:x2] = x[g.mix_perm.long(), :, y1:y2, x1:x2].clone()

@@ -6,8 +6,9 @@ encoded by the store's codec. Runs through Lightning's predict loop, so the devi
 
 Speed: `groups_per_forward` stored batches go through the teacher in one forward. In eval mode a label does
 not depend on its batch, so they are simply concatenated; in BSSL mode each stored batch must see its own
-BatchNorm statistics, so the groups are stacked and the committee is vmapped over them (ghost-batch-norm
-semantics, identical to one forward per group; tested).
+BatchNorm statistics: the groups are concatenated and every BatchNorm layer normalises each group with
+its own statistics (ghost batch norm, `models.teachers.grouped_batch_stats`), identical to one forward per
+group (tested) while every other layer runs once on the whole stack.
 """
 from __future__ import annotations
 
@@ -51,7 +52,7 @@ def label_groups(committee: Committee, xs: list[torch.Tensor], temperature: floa
     else:
         z = []
         same = [x for x in xs if len(x) == sizes[0]]  # a short last batch gets its own forward
-        z.append(torch.func.vmap(committee)(torch.stack(same)).flatten(0, 1))
+        z.append(committee(torch.cat(same), groups=len(same)))
         z += [committee(x) for x in xs[len(same):]]
         z = torch.cat(z)
     return list(torch.softmax(z / temperature, dim=1).cpu().split(sizes))

@@ -34,6 +34,38 @@ def batch_stat_bn(model: nn.Module) -> Iterator[nn.Module]:
             m.train(was_training)
 
 
+def ghost_batch_norm(m: _BatchNorm, x: torch.Tensor, groups: int) -> torch.Tensor:
+    """BatchNorm of x = `groups` stacked batches, each normalised with its own batch statistics.
+
+    The same numbers as calling the layer in training mode on each group alone (biased variance, as
+    F.batch_norm normalises), but every other layer of the network runs once on the whole stack.
+    """
+    g = x.reshape(groups, -1, *x.shape[1:])
+    dims = (1, *range(3, g.dim()))  # over the samples of a group and any spatial axes, per channel
+    var, mean = torch.var_mean(g, dim=dims, correction=0, keepdim=True)
+    y = (g - mean) * torch.rsqrt(var + m.eps)
+    if m.affine:
+        shape = (1, 1, -1) + (1,) * (g.dim() - 3)
+        y = y * m.weight.view(shape) + m.bias.view(shape)
+    y = y.reshape(x.shape)
+    if hasattr(m, "act"):  # timm's BatchNormAct2d fuses dropout and activation into the norm layer
+        y = m.act(m.drop(y))
+    return y
+
+
+@contextmanager
+def grouped_batch_stats(model: nn.Module, groups: int) -> Iterator[nn.Module]:
+    """Within the block, every BatchNorm layer of `model` uses `ghost_batch_norm` over `groups` groups."""
+    bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    for m in bns:
+        m.forward = lambda x, m=m: ghost_batch_norm(m, x, groups)  # instance attribute shadows the class method
+    try:
+        yield model
+    finally:
+        for m in bns:
+            del m.forward
+
+
 def committee_weights(n: int, scores: Sequence[float] | None = None, temperature: float = 10.0) -> torch.Tensor:
     """Equal weights, or softmax(score / temperature) over the teachers' scores (e.g. top-1 in %)."""
     if scores is None:
@@ -56,11 +88,15 @@ class Committee(nn.Module):
         self.requires_grad_(False)
 
     @torch.no_grad()
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, groups: int = 1) -> torch.Tensor:
+        """Committee logits; in BSSL mode x may hold `groups` equal-sized batches, each with its own BN statistics."""
         self.eval()
         z = 0.0
         for w, t in zip(self.weights, self.teachers):
-            if self.mode == "bssl":
+            if self.mode == "bssl" and groups > 1:
+                with grouped_batch_stats(t, groups):
+                    z = z + w * t(x).float()
+            elif self.mode == "bssl":
                 with batch_stat_bn(t):
                     z = z + w * t(x).float()
             else:
