@@ -20,18 +20,54 @@ warnings.filterwarnings("ignore", message=".*treespec.*")
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from hald.errors import input_errors
-    from hald.pipeline import run
+    from hald.sweep import ERROR_FILE
 
+    job_dir, multirun = _job()
+    if multirun:
+        (job_dir / ERROR_FILE).unlink(missing_ok=True)  # a rerun into the same sweep dir starts clean
     try:
-        result = run(cfg)
+        from hald.pipeline import run
+
+        return run(cfg).get("top1")
     except input_errors() as e:
         # Bad input: one line with the cause and the fix, no traceback; nothing was half-written.
-        log.error("%s", e)
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+        return _failed(e, 2, job_dir, multirun)
+    except OSError as e:
+        # A write or read that failed (disk full, permissions, ...): artifacts are built in temp dirs and
+        # renamed into place, so nothing half-written was kept; finished units resume on the next run.
+        log.debug("I/O error", exc_info=True)
+        return _failed(e, 1, job_dir, multirun, "nothing half-written was kept; fix the cause and run again "
+                                                "(finished units resume)")
+    except Exception as e:
+        if not multirun:
+            raise
+        log.exception("sweep job failed")  # the traceback goes to this job's log; the other jobs run
+        return _failed(e, 1, job_dir, multirun)
     finally:
         _close_wandb()
-    return result.get("top1")
+
+
+def _job() -> tuple[Path, bool]:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    return Path(hc.runtime.output_dir), hc.mode == RunMode.MULTIRUN
+
+
+def _failed(e: BaseException, code: int, job_dir: Path, multirun: bool, note: str = "") -> None:
+    """One line on stderr. A single run exits with `code`; a sweep job records error.json and returns, so
+    the sweep's other jobs run (hald.sweep.SweepReport lists the failures and sets the exit status)."""
+    msg = " ".join(f"{type(e).__name__ + ': ' if code != 2 else ''}{e}".split()) + (f" ({note})" if note else "")
+    log.error("%s", msg)
+    print(f"error: {msg}", file=sys.stderr)
+    if not multirun:
+        sys.exit(code)
+    from hald.artifacts import write_json_atomic
+    from hald.sweep import ERROR_FILE
+
+    write_json_atomic(job_dir / ERROR_FILE, {"message": msg, "exit_code": code, "type": type(e).__name__})
+    return None
 
 
 def _close_wandb() -> None:

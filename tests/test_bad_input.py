@@ -103,11 +103,18 @@ def test_crash_mid_relabel_leaves_no_partial_artifact(fast_cfg, monkeypatch):
     with pytest.raises(OSError, match="simulated"):
         pipeline.run(cfg)
     cache = pipeline.Path(cfg.paths.cache_dir)
-    assert list((cache / "relabel").iterdir()) == []  # no partial store, no temp dir left behind
+    # no store and no temp dir: only the work dir with the one finished, verified pass (resume unit)
+    [partial] = list((cache / "relabel").iterdir())
+    assert partial.name.startswith(".partial-")
+    assert sorted(p.relative_to(partial).as_posix() for p in partial.rglob("*") if p.is_file()) == [
+        "pass_0000.safetensors", "units/pass_0000.safetensors.json"]
+    first_pass = (partial / "pass_0000.safetensors").stat().st_ino
     squeeze_manifest = next((cache / "squeeze").glob("*/manifest.json")).read_text()
     monkeypatch.undo()
-    out = pipeline.run(cfg)  # the next run reuses the finished stages and completes
+    out = pipeline.run(cfg)  # the next run reuses the finished stages and pass 0, and completes
     assert out["sli"] == 3 and out["images_reused"]
+    assert (pipeline.Path(out["store"]) / "pass_0000.safetensors").stat().st_ino == first_pass  # linked, not redone
+    assert not partial.exists()
     assert next((cache / "squeeze").glob("*/manifest.json")).read_text() == squeeze_manifest
 
 

@@ -162,3 +162,17 @@ def finish(path: Path, stage: str, key: str, config: Any, upstream: Mapping[str,
     manifest = build_manifest(stage, key, config, upstream, file_entries(Path(path)), **extra)
     write_json_atomic(Path(path) / MANIFEST, manifest)
     return manifest
+
+
+def check_writable(directory: Path) -> None:
+    """Before building: the directory can take new files (a read-only cache is fine for reuse only)."""
+    directory = Path(directory)
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=directory, prefix=".write-probe.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise ArtifactError(f"cannot write to the cache '{directory}' ({e.strerror or e}); fix: "
+                            f"paths.cache_dir=<a writable directory> (complete artifacts in a read-only cache are "
+                            f"still reused)") from None

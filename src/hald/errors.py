@@ -6,10 +6,14 @@ class ConfigError(ValueError):
     """A configuration that cannot work (one line: the cause and the fix)."""
 
 
+class DivergedError(RuntimeError):
+    """Training produced a NaN or infinite loss (one line: where, and the fix)."""
+
+
 def input_errors() -> tuple[type[BaseException], ...]:
     from hald.artifacts import ArtifactError
     from hald.data.distilled import DistilledError
     from hald.data.sources import SourceError
     from hald.labels.budget import LabelBudgetError
 
-    return (ConfigError, SourceError, DistilledError, ArtifactError, LabelBudgetError)
+    return (ConfigError, SourceError, DistilledError, ArtifactError, LabelBudgetError, DivergedError)

@@ -7,6 +7,7 @@ distill=folder distill.path=..., labels.store=....
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -21,7 +22,7 @@ import lightning as L
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from hald import artifacts
+from hald import artifacts, dist
 from hald.data.datamodule import HALDDataModule, check_soft_batch, open_store_for
 from hald.data.distilled import DistilledImages, load_distilled
 from hald.data.holdout import holdout_views
@@ -33,15 +34,16 @@ from hald.labels.relabel import relabel, store_fields
 from hald.labels.store import FORMAT_VERSION, store_bytes
 from hald.models import build_backbone, load_teacher
 from hald.models.teachers import Committee, committee_weights
-from hald.train.callbacks import ON_SWITCH, PhaseScheduler
+from hald.train.callbacks import ON_SWITCH, PhaseScheduler, analysis_callbacks, analysis_results
 from hald.train.hyper import paper_lr_eta
 from hald.train.module import StudentModule
+from hald.train.resume import FiniteLoss, RunState, StepSeed
 from hald.train.schedule import make_schedule
 
 log = logging.getLogger("hald")
 TOP_LEVEL_KEYS = {"dataset", "model", "teacher", "distill", "labels", "schedule", "train", "soft_loss", "hard_loss",
                   "optimizer", "trainer", "logger", "paths", "seed", "ipc", "slc", "label_budget", "task_name", "tags", "hydra",
-                  "experiment", "local"}
+                  "experiment", "local", "evaluate"}
 
 
 @dataclass
@@ -71,23 +73,58 @@ def dataset_identity(ds: DictConfig) -> dict[str, Any]:
 
 
 def cached(ctx: Context, stage: str, key: str, config: Any, upstream: dict[str, str],
-           build: Callable[[Path], dict[str, Any]]) -> Artifact:
+           build: Callable[[Path], dict[str, Any]], collective: bool = False) -> Artifact:
+    """Reuse the complete artifact `<cache>/<stage>/<key>` or build it.
+
+    In a DDP world (hald/dist.py) every rank takes rank 0's decision; a `collective` build runs on every rank
+    (each writes only its own units; the non-zero ranks build into a scratch dir), any other build on rank 0
+    alone. Rank 0 alone writes the manifest and renames the artifact into place; a failure on any rank stops
+    every rank with nothing half-written."""
     path = ctx.cache / stage / key
     t0 = time.time()
-    if artifacts.is_complete(path):
+    if dist.broadcast(artifacts.is_complete(path)):
         log.info("%s: reused %s", stage, path)
         return Artifact(stage, key, path, artifacts.read_manifest(path), reused=True)
     log.info("%s: building %s", stage, path)
-    with artifacts.building(path) as tmp:
-        fields = build(tmp)
-        artifacts.finish(tmp, stage, key, config, upstream, **fields)
+    artifacts.check_writable(path.parent)
+
+    def run_build(tmp: Path) -> dict[str, Any] | None:
+        fields, error = None, None
+        if collective or dist.rank() == 0:
+            try:
+                with (contextlib.nullcontext() if collective else dist.local_only()):
+                    fields = build(tmp)
+            except BaseException as e:  # noqa: BLE001  (re-raised below, on every rank)
+                error = e
+        if dist.any_rank(error is not None):
+            raise error if error is not None else RuntimeError(f"{stage}: another rank failed building {path}")
+        return fields
+
+    if dist.rank() == 0:
+        with artifacts.building(path) as tmp:
+            fields = run_build(tmp)
+            artifacts.finish(tmp, stage, key, config, upstream, world_size=dist.world(), **fields)
+    else:
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{key}.rank{dist.rank()}.") as tmp:
+            run_build(Path(tmp))
+    dist.barrier()  # the artifact is in place for every rank
     ctx.timings[stage] = ctx.timings.get(stage, 0.0) + time.time() - t0  # several teachers: their sum
     return Artifact(stage, key, path, artifacts.read_manifest(path), reused=False)
 
 
 def device_kwargs(cfg: DictConfig) -> dict[str, Any]:
-    """Single-device trainer settings for squeeze and relabel (the accelerator comes from trainer config)."""
-    return {"accelerator": cfg.trainer.get("accelerator", "auto"), "devices": 1,
+    """Single-device trainer settings for work one process does (relabel passes, recover units, scoring):
+    the accelerator from the trainer config, this rank's own device under DDP."""
+    return {**dist.device_kwargs(cfg.trainer.get("accelerator", "auto")),
+            "enable_progress_bar": cfg.trainer.get("enable_progress_bar", True)}
+
+
+def squeeze_device_kwargs(cfg: DictConfig) -> dict[str, Any]:
+    """Teacher training: data-parallel over the DDP world when there is one, else one device."""
+    if not dist.active():
+        return device_kwargs(cfg)
+    return {"accelerator": cfg.trainer.get("accelerator", "auto"), "devices": cfg.trainer.devices,
+            "num_nodes": int(cfg.trainer.get("num_nodes", 1)), "strategy": "ddp",
             "enable_progress_bar": cfg.trainer.get("enable_progress_bar", True)}
 
 
@@ -120,13 +157,18 @@ def preflight(cfg: DictConfig) -> DistilledImages | None:
             raise
         except ValueError as e:  # codec parameters
             raise ConfigError(str(e)) from None
-    check_teachers(cfg.teacher, "teacher")
+    check_teachers(cfg.teacher, "teacher", cfg.dataset)
+    if dist.wants_ddp(cfg.trainer):
+        world = int(cfg.trainer.devices) * int(cfg.trainer.get("num_nodes", 1))
+        if int(cfg.teacher.squeeze.batch_size) % world:
+            raise ConfigError(f"teacher.squeeze.batch_size={cfg.teacher.squeeze.batch_size} is the global batch and "
+                              f"must split evenly over {world} DDP processes; fix: a multiple of {world}")
     if cfg.distill.method != "folder":
         from hald.distill import check_method
 
         check_method(OmegaConf.to_container(cfg.distill, resolve=True), cfg.dataset)
     if cfg.distill.get("pool"):
-        check_teachers(cfg.distill.pool, "distill.pool")
+        check_teachers(cfg.distill.pool, "distill.pool", cfg.dataset)
     if cfg.distill.get("pool") and needs_priors(cfg.distill):
         prior = cfg.distill.get("prior")
         if prior is None:
@@ -136,13 +178,18 @@ def preflight(cfg: DictConfig) -> DistilledImages | None:
     return images
 
 
-def check_teachers(tcfg: DictConfig, where: str) -> None:
+def check_teachers(tcfg: DictConfig, where: str, dataset: DictConfig | None = None) -> None:
     for ck in tcfg.checkpoints or []:
         if not Path(ck).is_file():
             raise ConfigError(f"teacher checkpoint '{ck}' does not exist; fix: {where}.checkpoints=[existing files]")
     if tcfg.checkpoints and len(tcfg.checkpoints) != len(tcfg.models):
         raise ConfigError(f"{len(tcfg.checkpoints)} teacher checkpoints for {len(tcfg.models)} "
                           f"teacher models; fix: one checkpoint per entry of {where}.models")
+    if dataset is not None:
+        from hald.models.build import check_checkpoint
+
+        for name, ck in zip(tcfg.models, tcfg.checkpoints or []):
+            check_checkpoint(name, Path(ck), dataset, where)
 
 
 # -- stages ------------------------------------------------------------------------------------------------------
@@ -171,8 +218,11 @@ def squeeze_teachers(ctx: Context, tcfg: DictConfig) -> list[dict[str, Any]]:
 
         sq = tcfg.squeeze
         key = artifacts.key_of(ds, name, sq, cfg.seed)
+        work_dir = ctx.cache / "squeeze" / f".partial-{key}"  # last.ckpt between runs (resume)
         art = cached(ctx, "squeeze", key, {"dataset": ds, "model": name, "squeeze": sq, "seed": cfg.seed}, {},
-                     lambda tmp: squeeze(name, cfg.dataset, sq, tmp, device_kwargs(cfg), int(cfg.seed)))
+                     lambda tmp: squeeze(name, cfg.dataset, sq, tmp, squeeze_device_kwargs(cfg), int(cfg.seed),
+                                         work_dir), collective=True)
+        shutil.rmtree(work_dir, ignore_errors=True)  # the artifact is complete
         teachers.append({"name": name, "key": key, "weights": str(art.path / "teacher.safetensors"),
                          "top1": art.manifest["test_top1"], "reused": art.reused, "source": "squeeze"})
     return teachers
@@ -196,7 +246,7 @@ def stage_distill(ctx: Context, teachers: list[dict[str, Any]]) -> tuple[Path, s
     cfg = ctx.cfg
     if cfg.distill.method == "folder":
         return Path(cfg.distill.path).expanduser().resolve(), "folder", True
-    from hald.distill import METHODS
+    from hald.distill import COLLECTIVE, METHODS
 
     if cfg.distill.method not in METHODS:
         raise ConfigError(f"unknown distill method '{cfg.distill.method}'; fix: distill=one of "
@@ -214,10 +264,12 @@ def stage_distill(ctx: Context, teachers: list[dict[str, Any]]) -> tuple[Path, s
     source = build_source(cfg.dataset, "train")
     if dcfg.get("holdout"):  # priors: distil from the train split minus the part that measures them
         source, _ = holdout_views(source, float(dcfg["holdout"]["fraction"]), int(dcfg["holdout"]["seed"]))
+    classes = build_source(cfg.dataset, "test").classes  # recorded: a set used with other classes is refused
     art = cached(ctx, "distill", key, {"dataset": ds, "distill": dcfg}, upstream,
-                 lambda tmp: METHODS[cfg.distill.method](source=source, dataset=cfg.dataset, out_dir=tmp,
-                                                         teachers=teachers, trainer_kwargs=device_kwargs(cfg),
-                                                         work_dir=work_dir, **dcfg))
+                 lambda tmp: {**METHODS[cfg.distill.method](source=source, dataset=cfg.dataset, out_dir=tmp,
+                                                            teachers=teachers, trainer_kwargs=device_kwargs(cfg),
+                                                            work_dir=work_dir, **dcfg), "classes": list(classes)},
+                 collective=cfg.distill.method in COLLECTIVE)
     shutil.rmtree(work_dir, ignore_errors=True)  # its units are in the complete artifact now
     return art.path / art.manifest["images_dir"], key, art.reused
 
@@ -249,6 +301,12 @@ def prior_config(cfg: DictConfig, member: int) -> DictConfig:
     return pcfg
 
 
+def training_identity(cfg: DictConfig) -> dict[str, Any]:
+    """What determines a student training besides its images and labels (the key of a cached training)."""
+    return {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+            for k in ("model", "train", "schedule", "optimizer", "soft_loss", "hard_loss", "seed")}
+
+
 def stage_priors(ctx: Context, pool: list[dict[str, Any]], relabel_teachers: list[dict[str, Any]]) -> list[float]:
     """CV-DD's prior performance alpha of each pool teacher: the top-1 (%) of a student trained on that
     teacher's own single-model distilled set, measured on a held-out part of the TRAIN split that the set
@@ -262,8 +320,7 @@ def stage_priors(ctx: Context, pool: list[dict[str, Any]], relabel_teachers: lis
         image_dir, image_key, _ = stage_distill(pctx, relabel_teachers)
         images = load_distilled(image_dir, train.classes, int(cfg.dataset.channels))
         store_path, _ = stage_relabel(pctx, images, image_key, relabel_teachers)
-        training = {k: OmegaConf.to_container(pcfg[k], resolve=True) if OmegaConf.is_config(pcfg[k]) else pcfg[k]
-                    for k in ("model", "train", "schedule", "optimizer", "soft_loss", "hard_loss", "seed")}
+        training = training_identity(pcfg)
         holdout = pcfg.distill.holdout
 
         def build(tmp: Path) -> dict[str, Any]:
@@ -347,14 +404,18 @@ def stage_relabel(ctx: Context, images: DistilledImages, image_key: str, teacher
     lcfg, tcfg = relabel_config(cfg), teacher_config(cfg, teachers)
     key = artifacts.key_of(images.sha256, lcfg, tcfg, FORMAT_VERSION)
 
+    work_dir = ctx.cache / "relabel" / f".partial-{key}"  # finished passes between runs (resume)
+
     def build(tmp: Path) -> dict[str, Any]:
         committee = build_committee(cfg, teachers)
-        fields = relabel(images, committee, plan, cfg.labels, cfg.dataset, tmp, device_kwargs(cfg))
+        fields = relabel(images, committee, plan, cfg.labels, cfg.dataset, tmp, device_kwargs(cfg), work_dir)
         return {"dataset": cfg.dataset.name,
                 "teachers": [{"name": t["name"], "key": t["key"], "source": t["source"]} for t in teachers],
                 **fields}
 
-    art = cached(ctx, "relabel", key, {"labels": lcfg, "teachers": tcfg}, {"images": image_key}, build)
+    art = cached(ctx, "relabel", key, {"labels": lcfg, "teachers": tcfg}, {"images": image_key}, build,
+                 collective=True)
+    shutil.rmtree(work_dir, ignore_errors=True)  # the artifact is complete
     if plan.budget is not None and store_bytes(art.path) > plan.budget:
         raise RuntimeError(f"label store {art.path} has {store_bytes(art.path)} B, over the budget {plan.budget} B "
                            f"(planner bug: please report)")
@@ -401,10 +462,14 @@ def stage_train(ctx: Context, images: DistilledImages, store_path: Path, out_dir
                         eval_source=eval_source)
     dm.store = store
     phases = PhaseScheduler(schedule, cfg.optimizer.on_phase_switch, int(cfg.train.eval_every))
+    # last.ckpt after every `checkpoint_every` epochs (written atomically), also in epochs without validation
     ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
-                                               every_n_epochs=int(cfg.train.checkpoint_every))
+                                               every_n_epochs=int(cfg.train.checkpoint_every),
+                                               save_on_train_epoch_end=True, enable_version_counter=False)
     loggers = build_loggers(cfg)
-    callbacks = [phases, ckpt] + ([L.pytorch.callbacks.LearningRateMonitor("epoch")] if loggers else [])
+    probes = analysis_callbacks(cfg, images, store, schedule)  # crop consistency, gradient similarity
+    callbacks = [phases, ckpt, StepSeed(int(cfg.seed)), RunState(), FiniteLoss(), *probes] + (
+        [L.pytorch.callbacks.LearningRateMonitor("epoch")] if loggers else [])
     trainer = L.Trainer(max_epochs=schedule.total_epochs, reload_dataloaders_every_n_epochs=1,
                         num_sanity_val_steps=0, callbacks=callbacks, logger=loggers or False,
                         default_root_dir=str(out_dir), **OmegaConf.to_container(cfg.trainer, resolve=True))
@@ -417,7 +482,10 @@ def stage_train(ctx: Context, images: DistilledImages, store_path: Path, out_dir
         if preview is not None and hasattr(lg, "log_image"):  # W&B: the distilled images as one grid
             lg.log_image("distill/images", [str(preview)])
     t0 = time.time()
-    resume = "last" if cfg.train.resume else None
+    resume = "last" if cfg.train.resume and (out_dir / "checkpoints" / "last.ckpt").is_file() else None
+    if cfg.train.resume:
+        log.info("train: %s", f"resuming from {out_dir / 'checkpoints' / 'last.ckpt'}" if resume else
+                 "train.resume=true but no checkpoint yet: starting from epoch 0")
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
     ctx.timings["train"] = time.time() - t0
     t0 = time.time()
@@ -429,7 +497,8 @@ def stage_train(ctx: Context, images: DistilledImages, store_path: Path, out_dir
             "phase_audit": {e: sorted(p) for e, p in sorted(module.epoch_paths.items())}, "lr": lr, "eta": eta,
             "label_bytes": label_bytes, "slc": store.manifest["slc"], "sli": store.passes,
             "codec": store.codec.describe(), "label_budget": store.manifest.get("label_budget"),
-            "ipc": images.ipc, "store": str(store_path), "is_global_zero": trainer.is_global_zero}
+            "ipc": images.ipc, "store": str(store_path), **analysis_results(probes),
+            "is_global_zero": trainer.is_global_zero}
 
 
 # -- the whole trip ------------------------------------------------------------------------------------------------
@@ -437,6 +506,8 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
     from hydra.core.hydra_config import HydraConfig
 
     folder_images = preflight(cfg)
+    if dist.wants_ddp(cfg.trainer):  # every stage in the DDP world: ranks > 0 re-run this script (dist.py)
+        dist.launch(cfg.trainer)
     if out_dir is None:
         out_dir = Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.paths.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

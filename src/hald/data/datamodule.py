@@ -2,7 +2,8 @@
 
 Soft epochs: one DataLoader item = k consecutive stored batches of the epoch's pool (k = soft batch size /
 stored batch size), fetched by record id and replayed exactly. Hard epochs: fresh RandomResizedCrop + flip of
-the same images, with class labels (CutMix and label smoothing happen in the LightningModule, on device).
+the same images (seeded per (seed, epoch, image): a resume repeats them), with class labels (CutMix and label
+smoothing happen in the LightningModule, on device).
 The train loader is rebuilt every epoch and reads the phase from the pure schedule, never from a callback.
 """
 from __future__ import annotations
@@ -17,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from hald.data.distilled import DistilledImages, load_distilled
 from hald.data.replay import render
 from hald.data.sources import build_source
-from hald.data.transforms import Transformed, eval_transform, train_transform
+from hald.data.transforms import Reseeded, Transformed, eval_transform, train_transform
 from hald.labels.store import LabelStore, LabelStoreError
 from hald.train.schedule import SOFT, Schedule, soft_pool
 
@@ -100,6 +101,7 @@ class HALDDataModule(L.LightningDataModule):
                               num_workers=self.num_workers)
         hard = HardCropDataset(self.distilled.images, self.distilled.targets, self.ds, self.hard_crop_scale,
                                self.hard_flip_p)
+        hard = Reseeded(hard, self.seed, epoch)  # fresh crops each epoch, a pure function of (seed, epoch, i)
         return DataLoader(hard, batch_size=self.hard_batch_size, shuffle=True, num_workers=self.num_workers,
                           generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
 
@@ -124,7 +126,8 @@ def open_store_for(path: Path, distilled: DistilledImages, dataset: Mapping[str,
     expect: dict[str, Any] = {"images_sha256": distilled.sha256, "num_classes": len(distilled.classes),
                               "classes": distilled.classes}
     if dataset is not None:
-        expect.update({"mean": [float(v) for v in dataset["mean"]], "std": [float(v) for v in dataset["std"]]})
+        expect.update({"mean": [float(v) for v in dataset["mean"]], "std": [float(v) for v in dataset["std"]],
+                       "dataset": dataset["name"]})
         store = LabelStore.open(path, expect=expect, deep=deep)
         if store.manifest["crop"]["size"] != int(dataset["input_size"]):
             raise LabelStoreError(f"label store '{path}' was made at input size {store.manifest['crop']['size']}, "

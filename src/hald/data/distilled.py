@@ -6,6 +6,8 @@ release format, folder number = class id) or folders named like the dataset's cl
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from rich.progress import track
 
+log = logging.getLogger(__name__)
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 
@@ -68,13 +71,44 @@ def _class_dirs(root: Path, classes: list[str]) -> list[Path]:
     return [by_name[c] for c in classes]
 
 
+# PIL modes a distilled image may have, per dataset channel count (P = palette: a storage form of colour).
+_MODES = {1: {"L", "I;16", "I", "1"}, 3: {"RGB", "P", "YCbCr", "CMYK"}}
+
+
 def _read(path: Path, channels: int) -> np.ndarray:
     try:
         with Image.open(path) as im:
+            mode = im.mode
+            alpha = "A" in mode or (mode == "P" and "transparency" in im.info)
+            if alpha or mode not in _MODES.get(channels, {mode}):
+                what = f"has an alpha channel ({mode})" if alpha else f"is {mode}"
+                want = "L" if channels == 1 else "RGB"
+                raise DistilledError(f"distilled image '{path}' {what}, the dataset has {channels} channel(s); fix: "
+                                     f"convert the set to {want} PNGs (PIL: Image.convert('{want}'))")
             return np.asarray(im.convert("L" if channels == 1 else "RGB"))
     except (UnidentifiedImageError, OSError) as e:
         raise DistilledError(f"distilled image '{path}' cannot be read ({type(e).__name__}); fix: remove or "
                              f"replace the file") from None
+
+
+def check_made_for(root: Path, classes: list[str]) -> None:
+    """A set made by this pipeline names its dataset and class order in the manifest beside it: refuse a set
+    made for another dataset or class order (published sets without a manifest are checked by shape only)."""
+    mf = root.parent / "manifest.json"
+    if not mf.is_file():
+        return
+    try:
+        made = json.loads(mf.read_text())
+    except (OSError, json.JSONDecodeError):
+        return
+    if made.get("stage") != "distill" or "classes" not in made:
+        return
+    if made["classes"] != list(classes):
+        other = ((made.get("config") or {}).get("dataset") or {}).get("name", "?")
+        diff = next(i for i, (a, b) in enumerate(zip(made["classes"] + [None] * len(classes), classes)) if a != b)
+        raise DistilledError(f"distilled folder '{root}' was made for {other} with classes {made['classes'][:3]}..., "
+                             f"this run's class {diff} is '{classes[diff]}' (another dataset or class order); fix: "
+                             f"distill.path=<a set made for this dataset>")
 
 
 def load_distilled(root: Path | str, classes: list[str], channels: int) -> DistilledImages:
@@ -82,8 +116,12 @@ def load_distilled(root: Path | str, classes: list[str], channels: int) -> Disti
     root = Path(root)
     arrays, targets, files = [], [], []
     digest = hashlib.sha256()
+    check_made_for(root, classes)
+    ignored = []
     for cid, d in enumerate(track(_class_dirs(root, classes), description=f"reading {root.name}", transient=True)):
-        paths = sorted(p for p in d.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+        files = [p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")]
+        paths = sorted(p for p in files if p.suffix.lower() in IMAGE_EXTS)
+        ignored += [p for p in files if p.suffix.lower() not in IMAGE_EXTS]
         if not paths:
             raise DistilledError(f"distilled folder '{d}' (class {cid}) has no images; fix: add its images or "
                                  f"use a complete set")
@@ -95,6 +133,9 @@ def load_distilled(root: Path | str, classes: list[str], channels: int) -> Disti
             arrays.append(arr if arr.ndim == 3 else arr[:, :, None])
             targets.append(cid)
             files.append(rel)
+    if ignored:
+        log.warning("distilled folder '%s': ignored %d file(s) that are not images by name (e.g. '%s'); they "
+                    "are not part of the set or its sha256", root, len(ignored), ignored[0].relative_to(root))
     sizes = {a.shape[:2] for a in arrays}
     if len(sizes) > 1:
         raise DistilledError(f"distilled folder '{root}' mixes image sizes {sorted(sizes)[:3]}; replay needs one "
@@ -120,5 +161,9 @@ def save_png(img: torch.Tensor, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     arr = img.permute(1, 2, 0).cpu().numpy()
     tmp = path.with_name(f".{path.name}.tmp")
-    Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(tmp, format="PNG")
-    os.replace(tmp, path)
+    try:
+        Image.fromarray(arr[:, :, 0] if arr.shape[2] == 1 else arr).save(tmp, format="PNG")
+        os.replace(tmp, path)
+    except BaseException:  # a write that fails half-way leaves nothing behind
+        tmp.unlink(missing_ok=True)
+        raise

@@ -36,3 +36,22 @@ class Transformed(Dataset):
     def __getitem__(self, i: int):
         img, y = self.base[i]
         return self.transform(img), y
+
+
+class Reseeded(Dataset):
+    """Item i of epoch e is drawn under its own seed (seed, epoch, i): random augmentation becomes a pure
+    function of what is drawn, the same with any number of loader workers or ranks, in any order, and after
+    a resume (no RNG state to restore)."""
+
+    def __init__(self, base: Dataset, seed: int, epoch: int):
+        self.base, self.seed, self.epoch = base, int(seed), int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, i: int):
+        from hald.seeding import seed_of
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed_of(self.seed, self.epoch, i))
+            return self.base[i]

@@ -13,8 +13,9 @@ image of each class of the chunk). A unit (IPC index, chunk) starts from its own
 for `iterations` Adam steps on the normalised pixels (lr 0.25, betas (0.5, 0.9), cosine to 0), each step on
 one shared RandomResizedCrop + flip + roll of the batch (augment.py), pixels clamped to the valid range after
 every step. Units are seeded by (seed, IPC index, chunk), written as they finish and skipped when a killed
-run is started again (units.py). With `devices > 1` the IPC indices are shared out over DDP ranks
-(IPC index i goes to rank i mod world size), through Lightning Fabric.
+run is started again (hald/units.py). With `devices > 1` the IPC indices are shared out over DDP ranks
+(IPC index i goes to rank i mod world size), through Lightning Fabric; inside the pipeline's DDP world
+(`trainer=ddp`) its ranks share them the same way.
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ import torch.nn.functional as F
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from hald.artifacts import plain
-from hald.data.distilled import load_distilled
+from hald import dist
+from hald.data.distilled import load_distilled, save_png
 from hald.data.sources import ImageSource
 from hald.distill.augment import jitter_batch
 from hald.distill.bn_matching import BNStatistics
@@ -39,8 +41,8 @@ from hald.distill.pixels import normalize, to_uint8, valid_range
 from hald.distill.rded import rded_images, resolve_factor
 from hald.distill.registry import register
 from hald.distill.runtime import intra_op_threads, load_pool_teacher, make_fabric, save_grid, seed_of
-from hald.distill.units import UnitStore
 from hald.errors import ConfigError
+from hald.units import UnitStore
 
 log = logging.getLogger(__name__)
 INITS = ("noise", "rded")
@@ -137,6 +139,26 @@ class RecoverJob:
         return torch.randn(len(cls), ch, size, size).to(device)
 
 
+def unit_name(ipc_index: int, chunk: int) -> str:
+    return f"i{ipc_index:05d}-c{chunk:05d}"
+
+
+def unit_files(ipc_index: int, classes: list[int]) -> list[str]:
+    return [f"images/{c:05d}/{ipc_index:05d}.png" for c in classes]
+
+
+def write_unit(store: UnitStore, ipc_index: int, chunk: int, images: torch.Tensor, classes: list[int],
+               record: dict[str, Any]) -> None:
+    """Save one unit: uint8 [B, C, H, W] images of `classes` at this IPC index, then its marker."""
+    name = unit_name(ipc_index, chunk)
+    if store.is_done(name):  # never rewrite a finished unit (e.g. two runs racing)
+        return
+    files = unit_files(ipc_index, classes)
+    for img, rel in zip(images, files):
+        save_png(img, store.root / rel)
+    store.commit(name, files, {"ipc_index": ipc_index, "chunk": chunk, "classes": classes, **record})
+
+
 def _progress(enabled: bool) -> Progress:
     return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeRemainingColumn(), TextColumn("{task.fields[losses]}"), transient=True,
@@ -147,7 +169,7 @@ def run_rank(fabric, job: RecoverJob) -> None:
     """This rank's share of the units: IPC indices i with i mod world size = rank; finished ones skipped."""
     store = UnitStore(job.work_dir)
     todo = [(i, k) for i, k in job.units()
-            if i % fabric.world_size == fabric.global_rank and not store.is_done(i, k)]
+            if i % fabric.world_size == fabric.global_rank and not store.is_done(unit_name(i, k))]
     nets: dict[int, nn.Module] = {}
     s = job.settings
     threads = job.cpu_threads if fabric.device.type == "cpu" else None
@@ -172,7 +194,7 @@ def run_rank(fabric, job: RecoverJob) -> None:
                 x, hist = recover_unit([nets[m] for m in members], weights.to(fabric.device),
                                        job.x0(i, k, fabric.device), torch.tensor(cls, device=fabric.device),
                                        job.dataset, s, on_log)
-            store.write(i, k, to_uint8(x, job.dataset), cls, {
+            write_unit(store, i, k, to_uint8(x, job.dataset), cls, {
                 "rank": fabric.global_rank, "seed": unit_seed, "members": [job.teachers[m]["name"] for m in members],
                 "weights": [round(float(w), 6) for w in weights], "iterations": s.iterations,
                 "first": {key: hist[key][0] for key in ("ce", "bn", "loss")},
@@ -209,7 +231,7 @@ def check_recover(dcfg: Mapping[str, Any], dataset: Mapping[str, Any]) -> None:
         resolve_factor((dcfg.get("rded") or {}).get("factor", "auto"), int(dataset["input_size"]))
 
 
-@register("sre2l", "sre2lpp", "cvdd", check=check_recover)
+@register("sre2l", "sre2lpp", "cvdd", check=check_recover, collective=True)
 def distill_recover(source: ImageSource, dataset: Mapping[str, Any], out_dir: Path, teachers: list[dict[str, Any]],
                     method: str, ipc: int, seed: int, init: str = "noise", iterations: int = 4000, lr: float = 0.25,
                     betas: Sequence[float] = (0.5, 0.9), r_bn: float = 0.01, first_bn_multiplier: float = 10.0,
@@ -232,22 +254,24 @@ def distill_recover(source: ImageSource, dataset: Mapping[str, Any], out_dir: Pa
     progress = bool((trainer_kwargs or {}).get("enable_progress_bar", True))
     job = RecoverJob(teachers, dataset, settings, schedule, init, None, ipc, class_chunk, seed, work, progress,
                      cpu_threads)
-    missing = [u for u in job.units() if not store.is_done(*u)]
+    missing = [u for u in job.units() if not store.is_done(unit_name(*u))]
     init_selection = None
     if init == "rded":  # cheap and deterministic: recomputed on resume (the manifest records the selection)
         fabric = make_fabric(trainer_kwargs)
         scorer = load_pool_teacher(teachers[0], dataset, fabric.device)
         job.init_images, init_selection = rded_images(source, dataset, scorer, ipc, seed, progress=progress,
                                                       **dict(rded or {}))
-    if missing:
+    devices = dist.world() if dist.active() else devices  # inside the pipeline's DDP world: its ranks
+    if missing or dist.active():  # every rank of a DDP world joins (the barrier), even with nothing to do
         log.info("recover: %d of %d units to do (%d finished before) on %d device(s)", len(missing),
                  len(job.units()), len(job.units()) - len(missing), devices)
         make_fabric(trainer_kwargs, devices).launch(run_rank, job)
-    records = store.records()
-    done = {(r["ipc_index"], r["chunk"]) for r in records}
-    if done != set(job.units()):
-        raise RuntimeError(f"recover finished {len(done)} of {len(job.units())} units in {work}; run again to resume")
-    store.promote(Path(out_dir) / "images")
+    names = [unit_name(*u) for u in job.units()]
+    done = [n for n in names if store.is_done(n)]
+    if len(done) != len(names):
+        raise RuntimeError(f"recover finished {len(done)} of {len(names)} units in {work}; run again to resume")
+    records = store.records(names)
+    store.promote(names, Path(out_dir) / "images", strip="images/")
     if own_work_dir:
         shutil.rmtree(work, ignore_errors=True)
     made = load_distilled(Path(out_dir) / "images", [str(k) for k in range(job.num_classes)], int(dataset["channels"]))

@@ -5,6 +5,8 @@ A method is called by the pipeline as
 trainer_kwargs=<device settings>, work_dir=<stable per-key scratch dir>, **cfg.distill)`` and returns the
 manifest fields of its artifact, at least ``images_dir`` (a PNG ImageFolder under out_dir).
 An optional ``check(distill_cfg, dataset_cfg)`` validates the config before any stage runs (pre-flight).
+A ``collective`` method runs on every rank of the pipeline's DDP world and shares its units out itself
+(recover); the others run on rank 0 while the rest wait (hald/dist.py).
 """
 from __future__ import annotations
 
@@ -12,9 +14,11 @@ from typing import Any, Callable, Mapping
 
 METHODS: dict[str, Callable[..., dict[str, Any]]] = {}
 CHECKS: dict[str, Callable[[Mapping[str, Any], Mapping[str, Any]], None]] = {}
+COLLECTIVE: set[str] = set()
 
 
-def register(*names: str, check: Callable[[Mapping[str, Any], Mapping[str, Any]], None] | None = None):
+def register(*names: str, check: Callable[[Mapping[str, Any], Mapping[str, Any]], None] | None = None,
+             collective: bool = False):
     """Register a method under one or more names (SRe2L, SRe2L++ and CV-DD share one recover function)."""
     def deco(fn):
         for name in names:
@@ -23,6 +27,8 @@ def register(*names: str, check: Callable[[Mapping[str, Any], Mapping[str, Any]]
             METHODS[name] = fn
             if check is not None:
                 CHECKS[name] = check
+            if collective:
+                COLLECTIVE.add(name)
         return fn
     return deco
 

@@ -6,23 +6,24 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from hald.models import load_teacher
-
-
-def seed_of(*parts: int) -> int:
-    """A well-mixed 32-bit seed from integers (base seed, IPC index, chunk, ...): units are independent."""
-    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1)[0])
+from hald.seeding import seed_of  # noqa: F401  (re-exported for the methods)
 
 
 def make_fabric(trainer_kwargs: Mapping[str, Any] | None, devices: int = 1):
     """Devices come from Lightning: the pipeline's accelerator; several devices = DDP processes (spawned)."""
     from lightning.fabric import Fabric
 
+    from hald import dist
+
     accelerator = (trainer_kwargs or {}).get("accelerator", "auto")
+    if dist.active():  # inside the pipeline's DDP world: all of its ranks, or this rank's own device
+        if devices > 1:
+            return Fabric(accelerator=accelerator, devices=devices, strategy="ddp")
+        return Fabric(**dist.device_kwargs(accelerator))
     strategy = "ddp_spawn" if devices > 1 else "auto"
     return Fabric(accelerator=accelerator, devices=devices, strategy=strategy)
 

@@ -9,6 +9,10 @@ not depend on its batch, so they are simply concatenated; in BSSL mode each stor
 BatchNorm statistics: the groups are concatenated and every BatchNorm layer normalises each group with
 its own statistics (ghost batch norm, `models.teachers.grouped_batch_stats`), identical to one forward per
 group (tested) while every other layer runs once on the whole stack.
+
+Resumable and shared over ranks: a pass is a unit (units.py) of the work dir `<cache>/relabel/.partial-<key>/`;
+under DDP pass p runs on rank p mod world size, each on its own device. A killed relabel computes only the
+missing passes; pass p is seeded by `seed + p` alone, so the shards do not depend on ranks or resumes.
 """
 from __future__ import annotations
 
@@ -20,11 +24,13 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from hald import dist
 from hald.data.distilled import DistilledImages
 from hald.data.replay import Geometry, render, sample_pass
 from hald.labels.budget import LabelBudgetError, Plan, plan_passes  # noqa: F401  (re-exported)
 from hald.labels.store import FORMAT_VERSION, shard_name, write_shard
 from hald.models.teachers import Committee
+from hald.units import UnitStore
 
 log = logging.getLogger(__name__)
 
@@ -89,15 +95,21 @@ def store_fields(distilled: DistilledImages, plan: Plan, cfg: Mapping[str, Any],
 
 
 def relabel(distilled: DistilledImages, committee: Committee, plan: Plan, cfg: Mapping[str, Any],
-            dataset: Mapping[str, Any], out_dir: Path, trainer_kwargs: Mapping[str, Any] | None = None
-            ) -> dict[str, Any]:
-    """Write every pass's shard into out_dir; return the store's manifest fields (the caller writes it)."""
+            dataset: Mapping[str, Any], out_dir: Path, trainer_kwargs: Mapping[str, Any] | None = None,
+            work_dir: Path | None = None) -> dict[str, Any]:
+    """Write every pass's shard into out_dir; return the store's manifest fields (the caller writes it).
+
+    work_dir keeps finished passes between runs (resume); None = a work dir inside out_dir (no resume)."""
     bsz = int(cfg["batch_size"])
+    store = UnitStore(Path(work_dir) if work_dir is not None else Path(out_dir) / ".work")
+    mine = [p for p in range(plan.sli) if p % dist.world() == dist.rank()]
+    todo = [p for p in mine if not store.is_done(shard_name(p))]
+    if len(todo) < len(mine):
+        log.info("relabel: %d pass(es) finished before (resume), %d to do", len(mine) - len(todo), len(todo))
     labeller = Labeller(committee, float(cfg["temperature"]))
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_model_summary=False,
                         **dict(trainer_kwargs or {}))
-    shards = []
-    for p in range(plan.sli):
+    for p in todo:
         batches = sample_pass(len(distilled), distilled.hw, bsz, int(dataset["input_size"]),
                               seed=int(cfg["seed"]) + p, scale=tuple(cfg["crop_scale"]),
                               ratio=tuple(cfg["crop_ratio"]), flip_p=float(cfg["flip_p"]),
@@ -106,6 +118,20 @@ def relabel(distilled: DistilledImages, committee: Committee, plan: Plan, cfg: M
                            int(cfg.get("groups_per_forward", 1)))
         loader = DataLoader(data, batch_size=None, num_workers=int(cfg["num_workers"]))
         labels = [lab for group in trainer.predict(labeller, loader) for lab in group]
-        shards.append(write_shard(Path(out_dir) / shard_name(p), batches, labels, plan.codec, p, len(distilled)))
-        log.info("relabel pass %d/%d: %d batches, %d bytes", p + 1, plan.sli, len(batches), shards[-1]["bytes"])
+        store.root.mkdir(parents=True, exist_ok=True)
+        entry = write_shard(store.root / shard_name(p), batches, labels, plan.codec, p, len(distilled))
+        store.commit(shard_name(p), [shard_name(p)], {"shard": entry, "rank": dist.rank()})
+        log.info("relabel pass %d/%d: %d batches, %d bytes", p + 1, plan.sli, len(batches), entry["bytes"])
+    dist.barrier()  # every rank's passes are on disk
+    names = [shard_name(p) for p in range(plan.sli)]
+    missing = [n for n in names if not store.is_done(n)]
+    if missing:
+        raise RuntimeError(f"relabel finished {plan.sli - len(missing)} of {plan.sli} passes in {store.root}; "
+                           f"run again to resume")
+    store.promote(names, Path(out_dir))
+    if work_dir is None:
+        import shutil
+
+        shutil.rmtree(store.root, ignore_errors=True)
+    shards = [r["shard"] for r in store.records(names)]
     return store_fields(distilled, plan, cfg, dataset, committee, shards)

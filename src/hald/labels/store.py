@@ -80,8 +80,12 @@ def write_shard(path: Path, batches: list[Geometry], labels: list[torch.Tensor],
                 n_images: int) -> dict:
     """Write one pass atomically (temp file + rename); return its manifest entry."""
     tmp = path.with_name(f".{path.name}.tmp")
-    save_file(shard_tensors(batches, labels, codec, n_images), str(tmp), metadata=SHARD_METADATA)
-    os.replace(tmp, path)
+    try:
+        save_file(shard_tensors(batches, labels, codec, n_images), str(tmp), metadata=SHARD_METADATA)
+        os.replace(tmp, path)
+    except BaseException:  # a write that fails half-way leaves nothing behind
+        tmp.unlink(missing_ok=True)
+        raise
     return {"file": path.name, "pass": p, "records": len(batches), "images": sum(len(g) for g in batches),
             "bytes": path.stat().st_size}
 

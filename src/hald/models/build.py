@@ -63,3 +63,51 @@ def load_teacher(name: str, num_classes: int, in_chans: int, img_size: int, chec
         if checkpoint is not None:
             load_weights(model, Path(checkpoint))
     return model.eval()
+
+
+def checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    """Tensor shapes of a checkpoint without loading its data where the format allows (safetensors)."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    obj = torch.load(path, map_location="cpu", weights_only=False)
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
+    return {k.removeprefix("model."): tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
+
+
+def check_checkpoint(name: str, path: Path, dataset: Any, where: str = "teacher") -> None:
+    """Pre-flight: the checkpoint fits `name` built for this dataset (class count first), and a checkpoint made
+    by squeeze (its manifest beside it) was trained on this dataset."""
+    import json
+
+    from hald.errors import ConfigError
+
+    path, nc = Path(path), int(dataset["num_classes"])
+    manifest = path.parent / "manifest.json"
+    if manifest.is_file():
+        made = json.loads(manifest.read_text())
+        other = ((made.get("config") or {}).get("dataset") or {}).get("name")
+        if made.get("stage") == "squeeze" and other and other != dataset["name"]:
+            raise ConfigError(f"teacher checkpoint '{path}' was trained on {other} (its manifest), this run's "
+                              f"dataset is {dataset['name']}; fix: {where}.checkpoints=[a teacher of {dataset['name']}]")
+    with torch.device("meta"):
+        net = build_backbone(name, nc, int(dataset["channels"]), int(dataset["input_size"]))
+    want = {k: tuple(v.shape) for k, v in net.state_dict().items()}
+    have = checkpoint_shapes(path)
+    wrong = [(k, have[k], want[k]) for k in want if k in have and have[k] != want[k]]
+    head = [(k, h, w) for k, h, w in wrong if len(w) and w[0] == nc and h[0] != nc and k.endswith(("weight", "bias"))]
+    if head:
+        raise ConfigError(f"teacher checkpoint '{path}' has {head[-1][1][0]} output classes, dataset "
+                          f"{dataset['name']} has {nc}; fix: {where}.checkpoints=[a teacher trained on these "
+                          f"{nc} classes] (or the dataset it was trained on)")
+    if wrong:
+        k, h, w = wrong[0]
+        raise ConfigError(f"teacher checkpoint '{path}' does not fit {name}: '{k}' is {list(h)}, the model needs "
+                          f"{list(w)}; fix: {where}.models=[the checkpoint's architecture]")
+    missing = [k for k in want if k not in have]
+    if missing:
+        raise ConfigError(f"teacher checkpoint '{path}' lacks {len(missing)} tensors of {name} (e.g. "
+                          f"'{missing[0]}'); fix: {where}.models=[the checkpoint's architecture]")

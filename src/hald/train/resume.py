@@ -1,0 +1,76 @@
+"""What makes a killed training run resumable to the same result, and a diverged one stop cleanly.
+
+- `StepSeed`: the global RNG (CutMix boxes and lambdas, dropout) is seeded before every training step from
+  (seed, epoch, batch index, rank). Together with data that is a pure function of the epoch (the soft pool
+  order, `data.transforms.Reseeded` crops, per-epoch shuffles), a run resumed from an end-of-epoch
+  checkpoint repeats exactly what the uninterrupted run did; nothing depends on RNG state that Lightning's
+  checkpoint does not hold.
+- `RunState`: the student's bookkeeping (accuracy at every evaluated epoch, the per-epoch phase audit, the
+  best validation accuracy) travels in the checkpoint, so results.json after a resume is complete.
+- `FiniteLoss`: a NaN or infinite loss on any rank stops training with a one-line cause and fix; the last
+  checkpoint (written before the bad step) stays valid.
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import lightning as L
+import torch
+
+from hald.errors import DivergedError
+from hald.seeding import seed_of
+
+log = logging.getLogger(__name__)
+STATE_KEY = "hald_run_state"
+
+
+class StepSeed(L.Callback):
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
+        torch.manual_seed(seed_of(self.seed, trainer.current_epoch, batch_idx, trainer.global_rank))
+
+
+class RunState(L.Callback):
+    """Saves and restores `eval_log`, `epoch_paths` and `val_best` of the module (plain types only: the
+    checkpoint loads with torch's weights_only=True)."""
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        best = pl_module.val_best.compute() if pl_module.eval_log else None
+        checkpoint[STATE_KEY] = {
+            "eval_log": [dict(e) for e in pl_module.eval_log],
+            "epoch_paths": {int(e): sorted(p) for e, p in pl_module.epoch_paths.items()},
+            "val_best": None if best is None else float(best),
+        }
+        log.info("checkpoint after epoch %d", trainer.current_epoch)
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
+        state = checkpoint.get(STATE_KEY)
+        if state is None:
+            return
+        pl_module.eval_log[:] = [dict(e) for e in state["eval_log"]]
+        pl_module.epoch_paths.clear()
+        pl_module.epoch_paths.update({int(e): set(p) for e, p in state["epoch_paths"].items()})
+        pl_module.val_best.reset()
+        if state["val_best"] is not None:
+            pl_module.val_best.update(torch.tensor(state["val_best"]))
+
+
+class FiniteLoss(L.Callback):
+    def __init__(self, what: str = "student", fix: str = "lower optimizer.lr (or check the label store)"):
+        self.what, self.fix = what, fix
+
+    def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if loss is None:
+            return
+        bad = not bool(torch.isfinite(loss.detach()).all())
+        if trainer.strategy.reduce_boolean_decision(bad, all=False):  # every rank stops together
+            phase = getattr(pl_module, "phase", "")
+            raise DivergedError(f"{self.what} loss is not finite at epoch {trainer.current_epoch} step {batch_idx}"
+                                f"{f' ({phase} phase)' if phase else ''}; the last checkpoint is from before it; "
+                                f"fix: {self.fix}")
