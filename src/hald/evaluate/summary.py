@@ -35,6 +35,23 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
         ("stage times (s)", "  ".join(f"{k} {v}" for k, v in s["timings_s"].items())),
         ("output directory", s["output_dir"]),
     ]
+    return rows + analysis_rows(s)
+
+
+def analysis_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
+    """Rows of the optional analyses: crop consistency, fair metrics, LVSD."""
+    rows = []
+    if s.get("consistency"):
+        rows.append(("crop consistency at phase ends (JS / cos)",
+                     "  ".join(f"e{c['epoch']}:{c['phase']} {c['js']:.3f}/{c['cos']:.3f}" for c in s["consistency"])))
+    if s.get("fair"):
+        m, sd = s["fair"]["mean"], s["fair"]["std"]
+        rows.append((f"fair (DD-Ranking, {len(s['fair']['seeds'])} seeds): HLR / IOR / LRS",
+                     "  ".join(f"{k.upper()} {m[k]:.4f} ± {sd[k]:.4f}" for k in ("hlr", "ior", "lrs"))))
+    if s.get("lvsd"):
+        v = s["lvsd"]
+        rows.append(("LVSD: mean Tr(Sigma) / drift Tr/SLI / slope",
+                     f"{v['trace_mean']:.3g} / {v['drift_at_sli']:.3g} (SLI {v['sli']}) / {v['slope']:.3f}"))
     return rows
 
 

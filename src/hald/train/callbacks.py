@@ -22,15 +22,17 @@ class PhaseScheduler(L.Callback):
     Stateless: everything derives from trainer.current_epoch, so resume needs nothing extra.
     """
 
-    def __init__(self, schedule: Schedule, on_phase_switch: str = "reset", eval_every: int = 0):
+    def __init__(self, schedule: Schedule, on_phase_switch: str = "reset", eval_every: int = 0,
+                 eval_phase_ends: bool = True):
         if on_phase_switch not in ON_SWITCH:
             raise ValueError(f"optimizer.on_phase_switch={on_phase_switch!r}; fix: one of {ON_SWITCH}")
         self.schedule, self.on_phase_switch, self.eval_every = schedule, on_phase_switch, eval_every
+        self.eval_phase_ends = eval_phase_ends
         self.history: list[tuple[int, str]] = []
 
     def eval_epoch(self, epoch: int) -> bool:
         last = self.schedule.total_epochs - 1
-        return (epoch == last or (epoch + 1) in self.schedule.switches()
+        return (epoch == last or (self.eval_phase_ends and (epoch + 1) in self.schedule.switches())
                 or (self.eval_every > 0 and (epoch + 1) % self.eval_every == 0))
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -46,3 +48,91 @@ class PhaseScheduler(L.Callback):
         # Lightning validates when (epoch + 1) % check_val_every_n_epoch == 0; this picks exactly our epochs.
         trainer.check_val_every_n_epoch = 1 if self.eval_epoch(epoch) else epoch + 2
         pl_module.log("train/phase", float(phase == SOFT), on_step=False, on_epoch=True, sync_dist=True)
+
+
+class CropConsistencyProbe(L.Callback):
+    """Logs the student's crop consistency (JS divergence and cosine between two crops of each distilled image,
+    evaluate/consistency.py) at the end of every phase: HALD's before / after the hard phase, and at the end.
+
+    The probe runs the student in eval mode under no_grad on crops drawn from its own RNG stream, so the
+    training run is the same with or without it. `history` is part of the checkpoint (resume keeps it).
+    """
+
+    def __init__(self, images, targets, num_classes: int, dataset, schedule: Schedule, pairs: int = 4,
+                 seed: int = 0):
+        self.images, self.targets, self.num_classes, self.schedule = images, targets, num_classes, schedule
+        self.size, self.mean, self.std = int(dataset["input_size"]), list(dataset["mean"]), list(dataset["std"])
+        self.pairs, self.seed = pairs, seed
+        self.history: list[dict] = []
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        from hald.evaluate.consistency import crop_consistency
+
+        epoch = trainer.current_epoch
+        if not (epoch + 1 in self.schedule.switches() or epoch == self.schedule.total_epochs - 1):
+            return
+        res = crop_consistency(pl_module.net, self.images, self.targets, self.num_classes, self.size, self.mean,
+                               self.std, seed=self.seed, pairs=self.pairs)
+        self.history.append({"epoch": epoch, "phase": self.schedule.phase_at(epoch), **res.to_dict()})
+        pl_module.log_dict({"consistency/js": res.js, "consistency/cos": res.cos}, on_epoch=True)
+
+    def state_dict(self) -> dict:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = list(state_dict.get("history", []))
+
+
+class GradientSimilarity(L.Callback):
+    """Every `every` optimizer steps of a soft epoch, the cosine between the hard-loss and the soft-loss
+    gradients on the batch about to be trained on (evaluate/gradsim.py), logged as train/grad_cos.
+
+    Only soft epochs have both targets: a stored batch has the teacher's labels and, through its record, the
+    class labels and CutMix geometry; a hard epoch's fresh crops have no teacher label.
+    """
+
+    def __init__(self, every: int, store, targets, num_classes: int, out_size: int, smoothing: float,
+                 temperature: float, t2: bool):
+        self.every, self.store, self.targets, self.num_classes = every, store, targets, num_classes
+        self.out_size, self.smoothing, self.temperature, self.t2 = out_size, smoothing, temperature, t2
+        self.history: list[dict] = []
+
+    def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
+        from hald.evaluate.gradsim import gradient_cosine, replayed_hard_targets
+        from hald.train.losses import soft_kl, soft_target_ce
+
+        if not isinstance(batch, dict) or trainer.global_step % self.every:
+            return
+        geometries = [self.store[int(r)].geometry for r in batch["records"]]
+        hard = replayed_hard_targets(self.targets[batch["index"].cpu()], geometries, self.num_classes,
+                                     self.smoothing, self.out_size).to(batch["x"].device)
+        cos = gradient_cosine(pl_module.net, batch["x"], lambda z: soft_target_ce(z, hard),
+                              lambda z: soft_kl(z, batch["target"], self.temperature, self.t2))
+        self.history.append({"step": trainer.global_step, "epoch": trainer.current_epoch, "cos": round(cos, 6)})
+        pl_module.log("train/grad_cos", cos, on_step=True, on_epoch=False, batch_size=batch["x"].shape[0])
+
+    def state_dict(self) -> dict:
+        return {"history": self.history}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.history = list(state_dict.get("history", []))
+
+
+def analysis_callbacks(cfg, images, store, schedule: Schedule) -> list[L.Callback]:
+    """The analysis probes a run's config asks for (train.crop_consistency, train.grad_sim_every)."""
+    callbacks: list[L.Callback] = []
+    ds, n_classes = cfg.dataset, len(images.classes)
+    if cfg.train.get("crop_consistency", False):
+        callbacks.append(CropConsistencyProbe(images.images, images.targets, n_classes, ds, schedule,
+                                              int(cfg.train.get("consistency_pairs", 4)), int(cfg.seed)))
+    if int(cfg.train.get("grad_sim_every", 0) or 0) > 0:
+        callbacks.append(GradientSimilarity(int(cfg.train.grad_sim_every), store, images.targets, n_classes,
+                                            int(ds.input_size), float(cfg.hard_loss.label_smoothing),
+                                            float(cfg.soft_loss.temperature), bool(cfg.soft_loss.t2)))
+    return callbacks
+
+
+def analysis_results(callbacks: list[L.Callback]) -> dict[str, list[dict]]:
+    """results.json fields of the probes that ran: `consistency` (per phase end), `grad_sim` (per probe)."""
+    names = {CropConsistencyProbe: "consistency", GradientSimilarity: "grad_sim"}
+    return {names[type(c)]: c.history for c in callbacks if type(c) in names}
