@@ -524,6 +524,9 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
         preview = None
     result = stage_train(ctx, images, store_path, out_dir, preview=preview)
     is_global_zero = result.pop("is_global_zero")
+    from hald.evaluate.stage import stage_evaluate
+
+    result.update(stage_evaluate(ctx, teachers, images, store_path, result, out_dir))  # evaluate=fair, lvsd
     summary = {
         "dataset": cfg.dataset.name, "student": cfg.model.name,
         "teachers": [{"name": t["name"], "top1": t["top1"], "source": t["source"], "reused": t["reused"]}
