@@ -78,7 +78,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
     mf = path / MANIFEST if path.is_dir() else path
     try:
         return json.loads(mf.read_text())
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         raise ArtifactError(f"{path}: no {MANIFEST} (not an artifact, or an interrupted write); "
                             f"fix: delete it and run again") from None
     except json.JSONDecodeError as e:

@@ -37,7 +37,7 @@ from hald.models.teachers import Committee, committee_weights
 from hald.train.callbacks import ON_SWITCH, PhaseScheduler, analysis_callbacks, analysis_results
 from hald.train.hyper import paper_lr_eta
 from hald.train.module import StudentModule
-from hald.train.resume import FiniteLoss, RunState, StepSeed
+from hald.train.resume import FiniteLoss, LastCheckpoint, RunState, StepSeed
 from hald.train.schedule import make_schedule
 
 log = logging.getLogger("hald")
@@ -241,7 +241,7 @@ def stage_distill(ctx: Context, teachers: list[dict[str, Any]]) -> tuple[Path, s
     A method with its own `distill.pool` (CV-DD's committee) gets those teachers, squeezed like the pipeline's
     (the same model and recipe is the same cached teacher); otherwise the pipeline's. Measured priors become
     part of the config and key. Recover keeps finished units in `<cache>/distill/.partial-<key>/` until the
-    artifact is complete, so a killed run resumes (hald/distill/units.py).
+    artifact is complete, so a killed run resumes (hald/units.py).
     """
     cfg = ctx.cfg
     if cfg.distill.method == "folder":
@@ -461,18 +461,18 @@ def stage_train(ctx: Context, images: DistilledImages, store_path: Path, out_dir
                         hard_crop_scale=tuple(cfg.hard_loss.crop_scale), hard_flip_p=float(cfg.hard_loss.flip_p),
                         eval_source=eval_source)
     dm.store = store
-    phases = PhaseScheduler(schedule, cfg.optimizer.on_phase_switch, int(cfg.train.eval_every))
-    # last.ckpt after every `checkpoint_every` epochs (written atomically), also in epochs without validation
-    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=out_dir / "checkpoints", save_last=True, save_top_k=0,
-                                               every_n_epochs=int(cfg.train.checkpoint_every),
-                                               save_on_train_epoch_end=True, enable_version_counter=False)
+    phases = PhaseScheduler(schedule, cfg.optimizer.on_phase_switch, int(cfg.train.eval_every),
+                            bool(cfg.train.eval_phase_ends))
+    last_ckpt = out_dir / "checkpoints" / "last.ckpt"
+    ckpt = LastCheckpoint(last_ckpt, int(cfg.train.checkpoint_every))  # atomic, after every N epochs and the last
     loggers = build_loggers(cfg)
     probes = analysis_callbacks(cfg, images, store, schedule)  # crop consistency, gradient similarity
     callbacks = [phases, ckpt, StepSeed(int(cfg.seed)), RunState(), FiniteLoss(), *probes] + (
         [L.pytorch.callbacks.LearningRateMonitor("epoch")] if loggers else [])
     trainer = L.Trainer(max_epochs=schedule.total_epochs, reload_dataloaders_every_n_epochs=1,
                         num_sanity_val_steps=0, callbacks=callbacks, logger=loggers or False,
-                        default_root_dir=str(out_dir), **OmegaConf.to_container(cfg.trainer, resolve=True))
+                        enable_checkpointing=False, default_root_dir=str(out_dir),
+                        **OmegaConf.to_container(cfg.trainer, resolve=True))
     label_bytes = store_bytes(store_path)
     for lg in loggers:
         lg.log_hyperparams({"labels/bytes": label_bytes, "labels/slc": store.manifest["slc"],
@@ -482,9 +482,9 @@ def stage_train(ctx: Context, images: DistilledImages, store_path: Path, out_dir
         if preview is not None and hasattr(lg, "log_image"):  # W&B: the distilled images as one grid
             lg.log_image("distill/images", [str(preview)])
     t0 = time.time()
-    resume = "last" if cfg.train.resume and (out_dir / "checkpoints" / "last.ckpt").is_file() else None
+    resume = str(last_ckpt) if cfg.train.resume and last_ckpt.is_file() else None
     if cfg.train.resume:
-        log.info("train: %s", f"resuming from {out_dir / 'checkpoints' / 'last.ckpt'}" if resume else
+        log.info("train: %s", f"resuming from {last_ckpt}" if resume else
                  "train.resume=true but no checkpoint yet: starting from epoch 0")
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
     ctx.timings["train"] = time.time() - t0

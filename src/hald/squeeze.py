@@ -22,7 +22,7 @@ from hald.data.sources import build_source
 from hald.data.transforms import Reseeded, Transformed, eval_transform, train_transform
 from hald.models import build_backbone, save_weights
 from hald.seeding import seed_of
-from hald.train.resume import FiniteLoss, StepSeed
+from hald.train.resume import FiniteLoss, LastCheckpoint, StepSeed
 
 log = logging.getLogger(__name__)
 
@@ -85,18 +85,17 @@ def squeeze(model_name: str, dataset: Mapping[str, Any], cfg: Mapping[str, Any],
                            int(cfg["epochs"]), float(cfg["label_smoothing"]))
     workers = int(cfg["num_workers"])
     work = Path(work_dir) if work_dir is not None else Path(out_dir) / ".work"
-    ckpt = L.pytorch.callbacks.ModelCheckpoint(dirpath=work, save_last=True, save_top_k=0, every_n_epochs=1,
-                                               save_on_train_epoch_end=True, enable_version_counter=False)
+    ckpt = LastCheckpoint(work / "last.ckpt")
     kwargs = dict(trainer_kwargs)
     world = int(kwargs.get("devices", 1)) * int(kwargs.get("num_nodes", 1)) if kwargs.get("strategy") == "ddp" else 1
-    trainer = L.Trainer(max_epochs=int(cfg["epochs"]), logger=False, enable_model_summary=False,
+    trainer = L.Trainer(max_epochs=int(cfg["epochs"]), logger=False, enable_model_summary=False, enable_checkpointing=False,
                         reload_dataloaders_every_n_epochs=1, num_sanity_val_steps=0,
                         callbacks=[ckpt, StepSeed(seed), FiniteLoss("teacher", "lower teacher.squeeze.lr")], **kwargs)
     resume = (work / "last.ckpt").is_file()
     if resume:
         log.info("squeeze %s: resuming from %s", model_name, work / "last.ckpt")
     trainer.fit(module, datamodule=EpochData(train, int(cfg["batch_size"]) // world, workers, seed),
-                ckpt_path="last" if resume else None)
+                ckpt_path=str(work / "last.ckpt") if resume else None)
     metrics = trainer.test(module, DataLoader(test, batch_size=512, num_workers=workers), verbose=False)
     top1 = float(metrics[0]["teacher/top1"])
     if trainer.is_global_zero:

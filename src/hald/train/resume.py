@@ -5,6 +5,8 @@
   order, `data.transforms.Reseeded` crops, per-epoch shuffles), a run resumed from an end-of-epoch
   checkpoint repeats exactly what the uninterrupted run did; nothing depends on RNG state that Lightning's
   checkpoint does not hold.
+- `LastCheckpoint`: `last.ckpt` after every N epochs and after the final one, written atomically (Lightning
+  saves through an fsspec transaction: a kill leaves the previous checkpoint or the new one, never half).
 - `RunState`: the student's bookkeeping (accuracy at every evaluated epoch, the per-epoch phase audit, the
   best validation accuracy) travels in the checkpoint, so results.json after a resume is complete.
 - `FiniteLoss`: a NaN or infinite loss on any rank stops training with a one-line cause and fix; the last
@@ -32,6 +34,16 @@ class StepSeed(L.Callback):
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         torch.manual_seed(seed_of(self.seed, trainer.current_epoch, batch_idx, trainer.global_rank))
+
+
+class LastCheckpoint(L.Callback):
+    def __init__(self, path, every: int = 1):
+        self.path, self.every = str(path), max(1, int(every))
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        if (epoch + 1) % self.every == 0 or epoch + 1 >= (trainer.max_epochs or 0):
+            trainer.save_checkpoint(self.path)  # every rank calls it; rank 0 writes
 
 
 class RunState(L.Callback):
