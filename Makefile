@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 # Exact torch builds: local wheels on the dev/CI machines; change for your CUDA if needed.
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: help install run test test-fast bench bench-quick clean
+.PHONY: help install run test test-fast chaos bench bench-quick clean
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
@@ -27,6 +27,9 @@ test: $(STAMP)  ## the full test suite (slow end-to-end tests included)
 
 test-fast: $(STAMP)  ## tests without the slow end-to-end ones
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+chaos: $(STAMP)  ## reliability: kill -9 and resume in every stage, DDP in every stage, failing sweep jobs, faults
+	WANDB_MODE=disabled OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests/test_reliability.py $(ARGS)
 
 bench: $(STAMP)  ## the five storage/data-path benchmarks (ratios side by side); writes experiments/bench.md
 	WANDB_MODE=disabled $(BIN)/python -m hald.bench

@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 import time
 from contextlib import contextmanager
@@ -110,6 +111,31 @@ def is_complete(path: Path) -> bool:
         return False
 
 
+def owner() -> str:
+    """host-pid: names temp dirs so that a later run can tell a crashed builder's leftovers from live work."""
+    return f"{_host()}-{os.getpid()}"
+
+
+def _host() -> str:
+    return socket.gethostname().replace(".", "_").replace("-", "_")
+
+
+def remove_stale(parent: Path, name: str) -> None:
+    """Remove temp dirs of `name` left by builders on this host that no longer run (killed with -9); temp
+    dirs of live processes, or of other hosts sharing the cache, are left alone."""
+    host = _host()
+    for d in Path(parent).glob(f".{name}.*"):
+        parts = d.name[len(name) + 2:].split(".")
+        if len(parts) < 3 or parts[0] not in ("building", "rank") or not parts[1].startswith(f"{host}-"):
+            continue
+        try:
+            os.kill(int(parts[1].rsplit("-", 1)[1]), 0)
+        except ProcessLookupError:
+            shutil.rmtree(d, ignore_errors=True)
+        except (ValueError, PermissionError):
+            continue
+
+
 @contextmanager
 def building(final: Path) -> Iterator[Path]:
     """Yield a fresh temporary directory; on success it is renamed to `final`.
@@ -119,7 +145,8 @@ def building(final: Path) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.building."))
+    remove_stale(final.parent, final.name)
+    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.building.{owner()}."))
     try:
         yield tmp
     except BaseException:

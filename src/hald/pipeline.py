@@ -105,7 +105,8 @@ def cached(ctx: Context, stage: str, key: str, config: Any, upstream: dict[str, 
             fields = run_build(tmp)
             artifacts.finish(tmp, stage, key, config, upstream, world_size=dist.world(), **fields)
     else:
-        with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{key}.rank{dist.rank()}.") as tmp:
+        artifacts.remove_stale(path.parent, key)
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{key}.rank.{artifacts.owner()}.") as tmp:
             run_build(Path(tmp))
     dist.barrier()  # the artifact is in place for every rank
     ctx.timings[stage] = ctx.timings.get(stage, 0.0) + time.time() - t0  # several teachers: their sum

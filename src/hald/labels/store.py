@@ -34,7 +34,9 @@ from hald.data.replay import Geometry
 from hald.labels.codecs import Codec, pack_bits, unpack_bits
 
 FORMAT_VERSION = 2
-SHARD_METADATA = {"format": "hald-label-store", "format_version": str(FORMAT_VERSION)}
+# One metadata entry: safetensors writes several in hash order, which differs between processes, and a shard
+# must be the same bytes however and wherever it was made (resume, DDP ranks).
+SHARD_METADATA = {"format": f"hald-label-store/{FORMAT_VERSION}"}
 
 
 class LabelStoreError(ArtifactError):
