@@ -43,7 +43,7 @@ def phase_timeline(segments: Sequence[tuple[str, int, int]], curves: dict[str, d
         ax.text((a + b) / 2, 1.0, phase, transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=8)
     for name, values in curves.items():
         xs = sorted(values)
-        ax.plot(xs, [values[x] for x in xs], ".", ms=3, label=name)
+        ax.plot(xs, [values[x] for x in xs], "o-", ms=3, lw=0.8, label=name)
     ax.set_yscale("log")
     ax.set(xlabel="epoch", ylabel="training loss")
     if accuracy:

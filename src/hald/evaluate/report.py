@@ -121,13 +121,17 @@ def epoch_metrics(run_dir: Path) -> dict[str, dict[int, float]]:
     """metric -> {epoch: value} from the run's CSV logger (the last value logged in each epoch)."""
     out: dict[str, dict[int, float]] = {}
     for path in sorted(run_dir.glob("csv/version_*/metrics.csv")):
+        epoch = None
         with path.open() as f:
             for row in csv.DictReader(f):
-                if not row.get("epoch"):
+                # Rows are in logging order; a row without an epoch (e.g. metrics logged by a callback at epoch
+                # end) belongs to the epoch of the row before it.
+                epoch = int(float(row["epoch"])) if row.get("epoch") else epoch
+                if epoch is None:
                     continue
                 for k, v in row.items():
                     if v not in ("", None) and k not in ("epoch", "step"):
-                        out.setdefault(k, {})[int(float(row["epoch"]))] = float(v)
+                        out.setdefault(k, {})[epoch] = float(v)
     return out
 
 
