@@ -15,14 +15,14 @@ from typing import Any, Mapping
 import lightning as L
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.utils.data import DataLoader, Dataset
 from torchmetrics.classification import MulticlassAccuracy
 
 from hald.data.sources import build_source
-from hald.data.transforms import Reseeded, Transformed, eval_transform, train_transform
+from hald.data.transforms import FixedOrder, Reseeded, Transformed, eval_transform, train_transform
 from hald.models import build_backbone, save_weights
 from hald.seeding import seed_of
-from hald.train.resume import FiniteLoss, LastCheckpoint, StepSeed
+from hald.train.resume import FiniteLoss, LastCheckpoint, StepSeed, epoch_to_run
 
 log = logging.getLogger(__name__)
 
@@ -64,10 +64,9 @@ class EpochData(L.LightningDataModule):
         self.train, self.batch_size, self.num_workers, self.seed = train, batch_size, num_workers, seed
 
     def train_dataloader(self) -> DataLoader:
-        epoch = self.trainer.current_epoch if self.trainer is not None else 0
-        order = torch.Generator().manual_seed(seed_of(self.seed, epoch))
+        epoch = epoch_to_run(self.trainer)
         data = Reseeded(self.train, self.seed, epoch)
-        return DataLoader(data, batch_size=self.batch_size, sampler=RandomSampler(data, generator=order),
+        return DataLoader(data, batch_size=self.batch_size, sampler=FixedOrder(len(data), seed_of(self.seed, epoch)),
                           num_workers=self.num_workers, drop_last=True)
 
 
@@ -88,7 +87,7 @@ def squeeze(model_name: str, dataset: Mapping[str, Any], cfg: Mapping[str, Any],
     ckpt = LastCheckpoint(work / "last.ckpt")
     kwargs = dict(trainer_kwargs)
     world = int(kwargs.get("devices", 1)) * int(kwargs.get("num_nodes", 1)) if kwargs.get("strategy") == "ddp" else 1
-    trainer = L.Trainer(max_epochs=int(cfg["epochs"]), logger=False, enable_model_summary=False, enable_checkpointing=False,
+    trainer = L.Trainer(max_epochs=int(cfg["epochs"]), logger=False, enable_model_summary=False,
                         reload_dataloaders_every_n_epochs=1, num_sanity_val_steps=0,
                         callbacks=[ckpt, StepSeed(seed), FiniteLoss("teacher", "lower teacher.squeeze.lr")], **kwargs)
     resume = (work / "last.ckpt").is_file()

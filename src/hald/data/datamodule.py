@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from hald.data.distilled import DistilledImages, load_distilled
 from hald.data.replay import render
 from hald.data.sources import build_source
-from hald.data.transforms import Reseeded, Transformed, eval_transform, train_transform
+from hald.data.transforms import FixedOrder, Reseeded, Transformed, eval_transform, train_transform
 from hald.labels.store import LabelStore, LabelStoreError
 from hald.train.schedule import SOFT, Schedule, soft_pool
 
@@ -91,7 +91,10 @@ class HALDDataModule(L.LightningDataModule):
 
     @property
     def current_epoch(self) -> int:
-        return self.trainer.current_epoch if self.trainer is not None else 0
+        """The epoch the loader being built is for (right after a resume too: train/resume.epoch_to_run)."""
+        from hald.train.resume import epoch_to_run
+
+        return epoch_to_run(self.trainer)
 
     # -- loaders ------------------------------------------------------------------------------------------
     def train_dataloader(self, epoch: int | None = None) -> DataLoader:
@@ -102,8 +105,8 @@ class HALDDataModule(L.LightningDataModule):
         hard = HardCropDataset(self.distilled.images, self.distilled.targets, self.ds, self.hard_crop_scale,
                                self.hard_flip_p)
         hard = Reseeded(hard, self.seed, epoch)  # fresh crops each epoch, a pure function of (seed, epoch, i)
-        return DataLoader(hard, batch_size=self.hard_batch_size, shuffle=True, num_workers=self.num_workers,
-                          generator=torch.Generator().manual_seed(self.seed * 7919 + epoch))
+        return DataLoader(hard, batch_size=self.hard_batch_size, num_workers=self.num_workers,
+                          sampler=FixedOrder(len(hard), self.seed * 7919 + epoch))
 
     def soft_dataset(self, epoch: int) -> SoftReplayDataset:
         ids = soft_pool(self.schedule, epoch, self.store.passes, self.store.batches_per_pass, self.seed)

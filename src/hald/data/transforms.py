@@ -55,3 +55,17 @@ class Reseeded(Dataset):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed_of(self.seed, self.epoch, i))
             return self.base[i]
+
+
+class FixedOrder(torch.utils.data.Sampler):
+    """A shuffle drawn once from `seed`: iterating again gives the same order (a generator-driven
+    RandomSampler would draw a new one each time the loader is iterated)."""
+
+    def __init__(self, n: int, seed: int):
+        self.order = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed))).tolist()
+
+    def __iter__(self):
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)

@@ -19,6 +19,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Checkpoint
 
 from hald.errors import DivergedError
 from hald.seeding import seed_of
@@ -27,16 +28,43 @@ log = logging.getLogger(__name__)
 STATE_KEY = "hald_run_state"
 
 
+def epoch_to_run(trainer: L.Trainer | None) -> int:
+    """The epoch a train loader being built now is for. `trainer.current_epoch` counts completed epochs, and
+    when Lightning resumes from an end-of-epoch checkpoint it builds the first loader before counting the
+    saved epoch as completed, so current_epoch is one behind there; the processed count is right always."""
+    if trainer is None:
+        return 0
+    return int(trainer.fit_loop.epoch_progress.current.processed)
+
+
 class StepSeed(L.Callback):
+    """Also realigns per-epoch LambdaLR schedules to the epoch at every epoch start: Lightning resuming from an
+    end-of-epoch checkpoint skips that epoch's scheduler step (the state was saved before it), which would
+    shift the learning rate by one epoch after a resume."""
+
     def __init__(self, seed: int):
         self.seed = int(seed)
+
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        for config in trainer.lr_scheduler_configs:
+            sched = config.scheduler
+            if config.interval == "epoch" and isinstance(sched, torch.optim.lr_scheduler.LambdaLR):
+                sched.last_epoch = epoch
+                for group, base, fn in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+                    group["lr"] = base * fn(epoch)
+                sched._last_lr = [g["lr"] for g in sched.optimizer.param_groups]
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         torch.manual_seed(seed_of(self.seed, trainer.current_epoch, batch_idx, trainer.global_rank))
 
 
-class LastCheckpoint(L.Callback):
+class LastCheckpoint(Checkpoint):
+    """A `Checkpoint` subclass: Lightning calls it at epoch end after the other callbacks and after the epoch is
+    counted as processed (like ModelCheckpoint), so a resume completes that epoch's end (the per-epoch lr step)
+    instead of skipping it."""
+
     def __init__(self, path, every: int = 1):
         self.path, self.every = str(path), max(1, int(every))
 
