@@ -263,9 +263,9 @@ def stage_distill(ctx: Context, teachers: list[dict[str, Any]]) -> tuple[Path, s
     upstream = {t["name"]: t["key"] for t in teachers} if dcfg.get("uses_teacher") else {}
     work_dir = ctx.cache / "distill" / f".partial-{key}"
     source = build_source(cfg.dataset, "train")
+    classes = source.classes  # recorded: a set used with other classes is refused (train's, so priors never open test)
     if dcfg.get("holdout"):  # priors: distil from the train split minus the part that measures them
         source, _ = holdout_views(source, float(dcfg["holdout"]["fraction"]), int(dcfg["holdout"]["seed"]))
-    classes = build_source(cfg.dataset, "test").classes  # recorded: a set used with other classes is refused
     art = cached(ctx, "distill", key, {"dataset": ds, "distill": dcfg}, upstream,
                  lambda tmp: {**METHODS[cfg.distill.method](source=source, dataset=cfg.dataset, out_dir=tmp,
                                                             teachers=teachers, trainer_kwargs=device_kwargs(cfg),

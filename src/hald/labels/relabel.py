@@ -17,6 +17,7 @@ missing passes; pass p is seeded by `seed + p` alone, so the shards do not depen
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -129,9 +130,7 @@ def relabel(distilled: DistilledImages, committee: Committee, plan: Plan, cfg: M
         raise RuntimeError(f"relabel finished {plan.sli - len(missing)} of {plan.sli} passes in {store.root}; "
                            f"run again to resume")
     store.promote(names, Path(out_dir))
+    shards = [r["shard"] for r in store.records(names)]  # read before a private work dir is removed
     if work_dir is None:
-        import shutil
-
         shutil.rmtree(store.root, ignore_errors=True)
-    shards = [r["shard"] for r in store.records(names)]
     return store_fields(distilled, plan, cfg, dataset, committee, shards)
