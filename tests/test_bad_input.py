@@ -31,6 +31,7 @@ def one_line(e: BaseException) -> str:
     (["dataset=cifar10"], ValueError, "dataset.root"),
     (["teacher.checkpoints=[/nope.safetensors]"], ConfigError, "/nope.safetensors"),
     (["distill=folder"], ConfigError, "distill.path"),
+    (["labels.groups_per_forward=0"], ConfigError, "groups_per_forward"),
 ])
 def test_preflight_errors(fast_cfg, overrides, error, words):
     cfg = fast_cfg(*overrides)

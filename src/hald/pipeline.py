@@ -30,7 +30,7 @@ from hald.data.sources import build_source, check_source
 from hald.errors import ConfigError
 from hald.labels.budget import LabelBudgetError, Plan, plan_passes, plan_store
 from hald.labels.codecs import Codec
-from hald.labels.relabel import relabel, store_fields
+from hald.labels.relabel import groups_per_forward, relabel, store_fields
 from hald.labels.store import FORMAT_VERSION, store_bytes
 from hald.models import build_backbone, load_teacher
 from hald.models.teachers import Committee, committee_weights
@@ -150,6 +150,10 @@ def preflight(cfg: DictConfig) -> DistilledImages | None:
                                 int(cfg.dataset.channels))
     if cfg.labels.store is None:
         check_soft_batch(int(cfg.train.soft_batch_size), int(cfg.labels.batch_size))
+        try:
+            groups_per_forward(cfg.labels.get("groups_per_forward", "auto"), "cpu")
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
         ipc = images.ipc if images is not None else int(cfg.ipc)
         c = int(cfg.dataset.num_classes or len(build_source(cfg.dataset, "test").classes))
         try:  # the same planner relabel will use, on the image count it will see

@@ -42,8 +42,12 @@ def phase_timeline(segments: Sequence[tuple[str, int, int]], curves: dict[str, d
         ax.axvspan(a - 0.5, b + 0.5, color=PHASE_COLOURS.get(phase, "#eeeeee"), alpha=0.8, lw=0)
         ax.text((a + b) / 2, 1.0, phase, transform=ax.get_xaxis_transform(), ha="center", va="bottom", fontsize=8)
     for name, values in curves.items():
-        xs = sorted(values)
-        ax.plot(xs, [values[x] for x in xs], "o-", ms=3, lw=0.8, label=name)
+        xs, ys = [], []
+        for x in sorted(values):  # a curve is absent in the other phase: break the line there, never bridge it
+            if xs and x - xs[-1] > 1:
+                xs.append(float("nan")), ys.append(float("nan"))
+            xs.append(x), ys.append(values[x])
+        ax.plot(xs, ys, "o-", ms=3, lw=0.8, label=name)
     ax.set_yscale("log")
     ax.set(xlabel="epoch", ylabel="training loss")
     if accuracy:

@@ -4,7 +4,8 @@ Per pass p: a seeded shuffle of all images into batches of `batch_size`, per-ima
 per-batch CutMix (see data/replay.py), then p_soft = softmax(z / T) of the committee on exactly those pixels,
 encoded by the store's codec. Runs through Lightning's predict loop, so the device comes from Lightning.
 
-Speed: `groups_per_forward` stored batches go through the teacher in one forward. In eval mode a label does
+Speed: `groups_per_forward` stored batches go through the teacher in one forward (`auto`: 8 on GPUs, 1 on
+CPU, where grouping measured slower). In eval mode a label does
 not depend on its batch, so they are simply concatenated; in BSSL mode each stored batch must see its own
 BatchNorm statistics: the groups are concatenated and every BatchNorm layer normalises each group with
 its own statistics (ghost batch norm, `models.teachers.grouped_batch_stats`), identical to one forward per
@@ -49,6 +50,19 @@ class PassDataset(Dataset):
 
     def __getitem__(self, j: int) -> list[torch.Tensor]:
         return [render(self.images, self.batches[k], self.out_size, self.mean, self.std) for k in self.groups[j]]
+
+
+def groups_per_forward(value: Any, accelerator: str) -> int:
+    """`auto`: 8 stored batches per forward on an accelerator (fills the device, fewer launches), 1 on CPU,
+    where a 128-image forward ran slower than eight 16-image ones (cache-bound convolutions; `make bench`).
+    The labels do not depend on it (it is not part of the store's key)."""
+    if value != "auto":
+        if isinstance(value, bool) or not str(value).isdigit() or int(value) < 1:
+            raise ValueError(f"labels.groups_per_forward={value}; fix: a positive integer or auto")
+        return int(value)
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not torch.cuda.is_available()
+                                      and not torch.backends.mps.is_available())
+    return 1 if on_cpu else 8
 
 
 def label_groups(committee: Committee, xs: list[torch.Tensor], temperature: float) -> list[torch.Tensor]:
@@ -108,6 +122,7 @@ def relabel(distilled: DistilledImages, committee: Committee, plan: Plan, cfg: M
     if len(todo) < len(mine):
         log.info("relabel: %d pass(es) finished before (resume), %d to do", len(mine) - len(todo), len(todo))
     labeller = Labeller(committee, float(cfg["temperature"]))
+    group = groups_per_forward(cfg.get("groups_per_forward", "auto"), (trainer_kwargs or {}).get("accelerator", "auto"))
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_model_summary=False,
                         **dict(trainer_kwargs or {}))
     for p in todo:
@@ -116,7 +131,7 @@ def relabel(distilled: DistilledImages, committee: Committee, plan: Plan, cfg: M
                               ratio=tuple(cfg["crop_ratio"]), flip_p=float(cfg["flip_p"]),
                               cutmix_alpha=cfg["cutmix_alpha"])
         data = PassDataset(distilled.images, batches, int(dataset["input_size"]), dataset["mean"], dataset["std"],
-                           int(cfg.get("groups_per_forward", 1)))
+                           group)
         loader = DataLoader(data, batch_size=None, num_workers=int(cfg["num_workers"]))
         labels = [lab for group in trainer.predict(labeller, loader) for lab in group]
         store.root.mkdir(parents=True, exist_ok=True)

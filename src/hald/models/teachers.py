@@ -6,6 +6,7 @@ from typing import Iterator, Sequence
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 TEACHER_MODES = ("eval", "bssl")
@@ -37,17 +38,12 @@ def batch_stat_bn(model: nn.Module) -> Iterator[nn.Module]:
 def ghost_batch_norm(m: _BatchNorm, x: torch.Tensor, groups: int) -> torch.Tensor:
     """BatchNorm of x = `groups` stacked batches, each normalised with its own batch statistics.
 
-    The same numbers as calling the layer in training mode on each group alone (biased variance, as
-    F.batch_norm normalises), but every other layer of the network runs once on the whole stack.
+    Each group goes through PyTorch's own fused batch_norm kernel in training mode with no running
+    statistics (so nothing is updated): the same numbers as the layer on that group alone, while every other
+    layer of the network runs once on the whole stack. (A var_mean over a [G, B, C, H, W] view did the same
+    with five passes over the activations and ran 1.8x slower on CPU.)
     """
-    g = x.reshape(groups, -1, *x.shape[1:])
-    dims = (1, *range(3, g.dim()))  # over the samples of a group and any spatial axes, per channel
-    var, mean = torch.var_mean(g, dim=dims, correction=0, keepdim=True)
-    y = (g - mean) * torch.rsqrt(var + m.eps)
-    if m.affine:
-        shape = (1, 1, -1) + (1,) * (g.dim() - 3)
-        y = y * m.weight.view(shape) + m.bias.view(shape)
-    y = y.reshape(x.shape)
+    y = torch.cat([F.batch_norm(xg, None, None, m.weight, m.bias, True, 0.0, m.eps) for xg in x.chunk(groups)])
     if hasattr(m, "act"):  # timm's BatchNormAct2d fuses dropout and activation into the norm layer
         y = m.act(m.drop(y))
     return y
