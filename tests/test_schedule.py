@@ -1,4 +1,5 @@
 """The phase schedule (pure), the soft-batch pool, and the phase callback."""
+import math
 from types import SimpleNamespace
 
 import pytest
@@ -81,3 +82,33 @@ def test_phase_callback_sets_phase_resets_moments_and_schedules_eval(mode):
         assert validates == (epoch in (1, 5, 7))
     with pytest.raises(ValueError):
         PhaseScheduler(s, "sometimes")
+
+
+def test_hard_loss_temperature():
+    """T = 1 is plain soft-target CE (the paper); T > 1 is CE of softmax(z / T), times T^2 only with t2, and its
+    optimum keeps logits T times wider (the soft phase's scale)."""
+    import torch.nn.functional as F
+
+    from hald.train.losses import cutmix_smoothed_targets, soft_target_ce
+
+    torch.manual_seed(0)
+    z = torch.randn(8, 10) * 5
+    _, t = cutmix_smoothed_targets(torch.zeros(8, 1, 4, 4), torch.arange(8) % 10, 10, 0.0, 0.8)
+    assert torch.equal(soft_target_ce(z, t), F.cross_entropy(z, t))
+    assert torch.equal(soft_target_ce(z, t, 1.0, True), F.cross_entropy(z, t))
+    assert torch.allclose(soft_target_ce(z, t, 20.0, False), F.cross_entropy(z / 20, t))
+    assert torch.allclose(soft_target_ce(z, t, 20.0, True), 400 * F.cross_entropy(z / 20, t))
+    # minimiser: log-ratio of the smoothed target (0.28 / 0.08) at T = 1, T times that at T = 20
+    for temp in (1.0, 20.0):
+        w = torch.zeros(1, 10, requires_grad=True)
+        opt = torch.optim.LBFGS([w], max_iter=200, line_search_fn="strong_wolfe")
+
+        def closure():
+            opt.zero_grad()
+            loss = soft_target_ce(w, t[:1], temp)
+            loss.backward()
+            return loss
+
+        opt.step(closure)
+        gap = (w.max() - w.min()).item()
+        assert abs(gap - temp * math.log(0.28 / 0.08)) < 1e-2 * temp, (temp, gap)

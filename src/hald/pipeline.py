@@ -459,7 +459,8 @@ def stage_train(ctx: Context, images: DistilledImages, store_path: Path, out_dir
                            weight_decay=float(cfg.optimizer.weight_decay), betas=tuple(cfg.optimizer.betas),
                            temperature=float(cfg.soft_loss.temperature), t2=bool(cfg.soft_loss.t2),
                            hard_cutmix_alpha=float(cfg.hard_loss.cutmix_alpha),
-                           label_smoothing=float(cfg.hard_loss.label_smoothing))
+                           label_smoothing=float(cfg.hard_loss.label_smoothing),
+                           hard_temperature=float(cfg.hard_loss.temperature))
     dm = HALDDataModule(images, store_path, ds, schedule, int(cfg.train.soft_batch_size),
                         int(cfg.train.hard_batch_size), seed=int(cfg.seed), num_workers=int(cfg.train.num_workers),
                         eval_batch_size=int(cfg.train.eval_batch_size),

@@ -106,7 +106,7 @@ class GradientSimilarity(L.Callback):
         geometries = [self.store[int(r)].geometry for r in batch["records"]]
         hard = replayed_hard_targets(self.targets[batch["index"].cpu()], geometries, self.num_classes,
                                      self.smoothing, self.out_size).to(batch["x"].device)
-        cos = gradient_cosine(pl_module.net, batch["x"], lambda z: soft_target_ce(z, hard),
+        cos = gradient_cosine(pl_module.net, batch["x"], lambda z: soft_target_ce(z, hard, pl_module.hparams.hard_temperature, self.t2),
                               lambda z: soft_kl(z, batch["target"], self.temperature, self.t2))
         self.history.append({"step": trainer.global_step, "epoch": trainer.current_epoch, "cos": round(cos, 6)})
         pl_module.log("train/grad_cos", cos, on_step=True, on_epoch=False, batch_size=batch["x"].shape[0])

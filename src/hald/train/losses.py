@@ -27,5 +27,12 @@ def cutmix_smoothed_targets(x: torch.Tensor, y: torch.Tensor, num_classes: int, 
     return x, t * (1.0 - smoothing) + smoothing / num_classes
 
 
-def soft_target_ce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits, target)  # class-probability targets
+def soft_target_ce(logits: torch.Tensor, target: torch.Tensor, temperature: float = 1.0,
+                   t2: bool = False) -> torch.Tensor:
+    """Cross-entropy to class-probability targets of softmax(z / T); times T^2 when t2 and T != 1.
+
+    T = 1 is the HALD paper's hard loss. T > 1 asks the hard phase for logits on the soft phase's scale:
+    after KL at T = 20 the logits are about 10x wider than label-smoothed CE at T = 1 wants, and shrinking
+    them at the soft -> hard switch collapses a small student (experiments/README.md, schedules)."""
+    loss = F.cross_entropy(logits / temperature, target)
+    return loss * temperature ** 2 if t2 and temperature != 1 else loss

@@ -22,7 +22,7 @@ def cosine_eta(epoch: int, total: int, eta: float) -> float:
 class StudentModule(L.LightningModule):
     def __init__(self, net: nn.Module, num_classes: int, schedule: Schedule, lr: float, eta: float = 2.0,
                  weight_decay: float = 0.01, betas=(0.9, 0.999), temperature: float = 20.0, t2: bool = True,
-                 hard_cutmix_alpha: float = 1.0, label_smoothing: float = 0.8):
+                 hard_cutmix_alpha: float = 1.0, label_smoothing: float = 0.8, hard_temperature: float = 1.0):
         super().__init__()
         self.save_hyperparameters(ignore=["net", "schedule"])
         self.net, self.schedule = net, schedule
@@ -52,7 +52,7 @@ class StudentModule(L.LightningModule):
                 raise RuntimeError(f"hard batch in a {self.phase} epoch {self.current_epoch}")
             x, y = batch
             x, t = cutmix_smoothed_targets(x, y, hp.num_classes, hp.hard_cutmix_alpha, hp.label_smoothing)
-            loss = soft_target_ce(self(x), t)
+            loss = soft_target_ce(self(x), t, hp.hard_temperature, hp.t2)
         self.epoch_paths.setdefault(self.current_epoch, set()).add(SOFT if isinstance(batch, dict) else HARD)
         bs = batch["x"].shape[0] if isinstance(batch, dict) else batch[0].shape[0]
         self.log(f"train/loss_{self.phase}", loss, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
