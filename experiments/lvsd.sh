@@ -10,7 +10,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 for s in ${SEEDS:-0 1 2}; do
-  $PY src/run.py -m seed="$s" slc=10,20,50,200 evaluate.lvsd=true evaluate.lvsd_crops=64 train.epochs=100 \
+  $PY src/run.py -m seed="$s" slc=10,20,50,200 evaluate.lvsd=true evaluate.lvsd_crops=64 train.epochs=100 hard_loss.temperature=1 \
     logger=csv trainer.enable_progress_bar=false "$@" hydra.sweep.dir=outputs/lvsd/seed"$s"
   $PY src/report.py outputs/lvsd/seed"$s" --by slc
 done

@@ -11,7 +11,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 for s in ${SEEDS:-0 1 2}; do
-  $PY src/run.py -m distill=random,rded,sre2l,sre2lpp,cvdd seed="$s" "$@" \
+  $PY src/run.py -m distill=random,rded,sre2l,sre2lpp,cvdd seed="$s" hard_loss.temperature=1 "$@" \
     logger=none trainer.enable_progress_bar=false hydra.sweep.dir=outputs/synthesis/seed"$s" &
   [ "${PARALLEL:-0}" = 1 ] || wait
 done
