@@ -303,3 +303,32 @@ def test_paper_config_trains_one_step_on_standin_data(name, tmp_path):
     out = pipeline.run(cfg)
     assert out["phase_audit"] == {0: ["soft"]} and 0 <= out["top1"] <= 100
     assert out["sli"] == cfg.slc // 2 and out["ipc"] == 2
+
+
+def test_loss_landscape_filter_normalised_centre_and_untouched(tmp_path):
+    from hald.evaluate.landscape import filter_normalised_direction, loss_landscape
+    from hald.evaluate.plots import landscape_plot
+    from hald.models.build import build_backbone
+
+    torch.manual_seed(0)
+    net = build_backbone("convnet_w32", 10, 1, 28).eval()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    d = filter_normalised_direction(net, torch.Generator().manual_seed(1))
+    for name, w in net.named_parameters():
+        if w.dim() < 2:
+            assert not d[name].any()  # biases and norm affines stay fixed
+        else:  # every filter of the direction has the norm of the weights' filter
+            torch.testing.assert_close(d[name].flatten(1).norm(dim=1), w.detach().flatten(1).norm(dim=1))
+    x, y = torch.randn(40, 1, 28, 28), torch.randint(0, 10, (40,))
+    res = loss_landscape(net, x, y, steps=5, span=0.5, seed=3)
+    with torch.no_grad():
+        z = net(x)
+    assert res["loss"][2][2] == pytest.approx(float(torch.nn.functional.cross_entropy(z, y)), rel=1e-5)
+    assert res["top1"][2][2] == pytest.approx(100.0 * float((z.argmax(1) == y).float().mean()))
+    assert len(res["loss"]) == 5 and res["coords"][0] == -0.5
+    assert res["loss"][0][0] != res["loss"][2][2]  # the plane actually moves the weights
+    assert all(torch.equal(v, net.state_dict()[k]) for k, v in before.items())  # the network is untouched
+    assert res == loss_landscape(net, x, y, steps=5, span=0.5, seed=3)  # seeded
+    with pytest.raises(ValueError, match="fix:"):
+        loss_landscape(net, x, y, steps=1)
+    assert landscape_plot(res, tmp_path / "l.png").stat().st_size > 0

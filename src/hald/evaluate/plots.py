@@ -85,3 +85,18 @@ def grad_similarity(points: list[dict[str, float]], path: Path, title: str = "")
     ax.set(xlabel="optimizer step", ylabel="cos(∇ hard, ∇ soft)", title=title or "gradient similarity")
     ax.grid(alpha=0.3)
     return _save(fig, path)
+
+
+def landscape_plot(res: dict[str, Any], path: Path, title: str = "") -> Path:
+    """Contours of the loss on the 2-D plane (evaluate/landscape.py), log-spaced levels, the weights at (0, 0)."""
+    import numpy as np
+
+    c = np.asarray(res["coords"])
+    loss = np.asarray(res["loss"])
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    levels = np.geomspace(max(loss.min(), 1e-4), loss.max(), 15)
+    cs = ax.contour(c, c, loss.T, levels=levels, cmap="viridis", linewidths=0.8)  # rows = d1 (x axis)
+    ax.clabel(cs, fontsize=6, fmt="%.2g")
+    ax.plot([0], [0], "r*", ms=8)
+    ax.set(xlabel="direction 1", ylabel="direction 2", title=title or "loss landscape", aspect="equal")
+    return _save(fig, path)
