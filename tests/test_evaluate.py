@@ -251,7 +251,7 @@ def test_paper_config_values(name, tmp_path):
         assert cfg.slc == (50 if name.endswith("50") else 100)
         assert sched.timeline() == "soft 0-74 | hard 75-224 | soft 225-299"
         assert pipeline.resolve_lr(cfg, 10) == (1e-3, 2.0)  # the paper's table at IPC 10
-        assert cfg.optimizer.on_phase_switch == "keep"
+        assert cfg.optimizer.on_phase_switch == "keep" and cfg.hard_loss.temperature == 1  # the paper's hard CE
     else:
         assert sched.timeline() == "soft 0-299" and cfg.slc == 3000 and cfg.labels.teacher_mode == "bssl"
         d = cfg.distill
@@ -332,3 +332,23 @@ def test_loss_landscape_filter_normalised_centre_and_untouched(tmp_path):
     with pytest.raises(ValueError, match="fix:"):
         loss_landscape(net, x, y, steps=1)
     assert landscape_plot(res, tmp_path / "l.png").stat().st_size > 0
+
+
+def test_loss_landscape_cli_on_a_run_dir(tmp_path, fast_cfg):
+    """`python -m hald.evaluate.landscape RUN_DIR` reads the run's config, results and last.ckpt."""
+    from hald.evaluate.landscape import main as landscape_main
+    from hald.models.build import build_backbone
+
+    cfg = fast_cfg()
+    run = tmp_path / "run"
+    (run / ".hydra").mkdir(parents=True)
+    (run / "checkpoints").mkdir()
+    OmegaConf.save(OmegaConf.create({"dataset": OmegaConf.to_container(cfg.dataset, resolve=True),
+                                     "model": OmegaConf.to_container(cfg.model, resolve=True)}),
+                   run / ".hydra" / "config.yaml")
+    (run / "results.json").write_text(json.dumps({"schedule": "soft 0-1", "sli": 1, "top1": 10.0}))
+    net = build_backbone(cfg.model.name, 10, 1, 28)
+    torch.save({"state_dict": {f"net.{k}": v for k, v in net.state_dict().items()}}, run / "checkpoints" / "last.ckpt")
+    landscape_main([str(run), "--steps", "3", "--samples", "20"])
+    res = json.loads((run / "landscape.json").read_text())
+    assert res["samples"] == 20 and len(res["top1"]) == 3 and (run / "landscape.png").stat().st_size > 0

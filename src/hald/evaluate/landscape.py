@@ -82,14 +82,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--samples", type=int, default=1000, help="test images the loss is measured on")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    net, cfg, _ = load_student(args.run_dir, args.checkpoint)
+    net, cfg, results = load_student(args.run_dir, args.checkpoint)
     test = Transformed(build_source(cfg["dataset"], "test"), eval_transform(cfg["dataset"]))
     n = min(args.samples, len(test))
     items = [test[i] for i in range(n)]
     x, y = torch.stack([it[0] for it in items]), torch.tensor([int(it[1]) for it in items])
     res = loss_landscape(net, x, y, args.steps, args.span, args.seed)
     write_json_atomic(args.run_dir / "landscape.json", res)
-    png = landscape_plot(res, args.run_dir / "landscape.png", title=str(args.run_dir.name))
+    title = f"{results.get('schedule', '')}, SLI {results.get('sli')}, top-1 {results.get('top1', float('nan')):.1f}%"
+    png = landscape_plot(res, args.run_dir / "landscape.png", title=title)
     centre = args.steps // 2
     print(f"loss landscape: centre loss {res['loss'][centre][centre]:.4f}, top-1 {res['top1'][centre][centre]:.1f}% "
           f"on {n} test images -> {args.run_dir / 'landscape.json'}, {png}")
