@@ -352,3 +352,14 @@ def test_loss_landscape_cli_on_a_run_dir(tmp_path, fast_cfg):
     landscape_main([str(run), "--steps", "3", "--samples", "20"])
     res = json.loads((run / "landscape.json").read_text())
     assert res["samples"] == 20 and len(res["top1"]) == 3 and (run / "landscape.png").stat().st_size > 0
+
+
+def test_fair_hard_labels_are_plain_cross_entropy(fast_cfg):
+    """DD-Ranking's hard-label training: no smoothing, no CutMix and T = 1, whatever the run's hard phase uses."""
+    from hald.evaluate.fair import hard_labels
+
+    cfg = fast_cfg("evaluate=fair")
+    assert cfg.hard_loss.temperature == cfg.soft_loss.temperature == 20  # the pipeline's default hard phase
+    changes = hard_labels(cfg, 7)
+    assert changes["hard_loss.temperature"] == 1.0 and changes["hard_loss.label_smoothing"] == 0.0
+    assert changes["hard_loss.cutmix_alpha"] == 0.0 and changes["schedule.preset"] == "hard_only"

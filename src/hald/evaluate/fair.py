@@ -71,7 +71,8 @@ def hard_labels(cfg: DictConfig, epochs: int) -> dict[str, Any]:
     """Changes that turn a training into DD-Ranking's hard-label one: class labels only, every epoch."""
     h = cfg.evaluate.hard
     return {"schedule.preset": "hard_only", "train.epochs": int(epochs),
-            "hard_loss.label_smoothing": float(h.label_smoothing), "hard_loss.cutmix_alpha": float(h.cutmix_alpha)}
+            "hard_loss.label_smoothing": float(h.label_smoothing), "hard_loss.cutmix_alpha": float(h.cutmix_alpha),
+            "hard_loss.temperature": float(h.temperature)}
 
 
 def real_images(cfg: DictConfig, seed: int) -> dict[str, Any]:

@@ -122,7 +122,8 @@ def relabel(distilled: DistilledImages, committee: Committee, plan: Plan, cfg: M
     if len(todo) < len(mine):
         log.info("relabel: %d pass(es) finished before (resume), %d to do", len(mine) - len(todo), len(todo))
     labeller = Labeller(committee, float(cfg["temperature"]))
-    group = groups_per_forward(cfg.get("groups_per_forward", "auto"), (trainer_kwargs or {}).get("accelerator", "auto"))
+    per_forward = groups_per_forward(cfg.get("groups_per_forward", "auto"),
+                                     (trainer_kwargs or {}).get("accelerator", "auto"))
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_model_summary=False,
                         **dict(trainer_kwargs or {}))
     for p in todo:
@@ -131,7 +132,7 @@ def relabel(distilled: DistilledImages, committee: Committee, plan: Plan, cfg: M
                               ratio=tuple(cfg["crop_ratio"]), flip_p=float(cfg["flip_p"]),
                               cutmix_alpha=cfg["cutmix_alpha"])
         data = PassDataset(distilled.images, batches, int(dataset["input_size"]), dataset["mean"], dataset["std"],
-                           group)
+                           per_forward)
         loader = DataLoader(data, batch_size=None, num_workers=int(cfg["num_workers"]))
         labels = [lab for group in trainer.predict(labeller, loader) for lab in group]
         store.root.mkdir(parents=True, exist_ok=True)
