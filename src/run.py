@@ -19,7 +19,7 @@ warnings.filterwarnings("ignore", message=".*treespec.*")
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
-    from hald.errors import input_errors
+    from hald.errors import InputError
     from hald.sweep import ERROR_FILE
 
     job_dir, multirun = _job()
@@ -29,7 +29,7 @@ def main(cfg: DictConfig) -> float | None:
         from hald.pipeline import run
 
         return run(cfg).get("top1")
-    except input_errors() as e:
+    except InputError as e:
         # Bad input: one line with the cause and the fix, no traceback; nothing was half-written.
         return _failed(e, 2, job_dir, multirun)
     except OSError as e:

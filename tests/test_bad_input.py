@@ -7,7 +7,7 @@ import torch
 
 from hald import pipeline
 from hald.data.distilled import DistilledError, load_distilled, write_imagefolder
-from hald.errors import ConfigError, input_errors
+from hald.errors import ConfigError, InputError
 from hald.labels.relabel import LabelBudgetError
 from hald.labels.store import LabelStoreError
 
@@ -38,7 +38,7 @@ def test_preflight_errors(fast_cfg, overrides, error, words):
     with pytest.raises(error) as e:
         pipeline.run(cfg)
     assert words in one_line(e.value)
-    assert isinstance(e.value, input_errors())
+    assert isinstance(e.value, InputError)
     assert not (pipeline.Path(cfg.paths.cache_dir) / "squeeze").exists()  # stopped before any work
 
 

@@ -17,7 +17,7 @@ from hald.distill.bn_matching import BNStatistics
 from hald.distill.committee import CommitteeSchedule, voter_weights
 from hald.distill.recover import distill_recover
 from hald.distill.rded import best_crops, random_crops, select_class, stitch
-from hald.errors import ConfigError, input_errors
+from hald.errors import ConfigError, InputError
 from hald.models import build_backbone, save_weights
 
 MNIST = {"name": "mnist5k", "num_classes": 10, "channels": 1, "input_size": 28, "mean": [0.1307], "std": [0.3081]}
@@ -137,7 +137,7 @@ def test_bad_committees_are_one_line_errors(kwargs, match):
 def test_bad_recover_config_stops_in_preflight(tmp_path):
     for extra, match in [("distill.committee.size=5", "committee.size=5"), ("distill.init=zeros", "distill.init"),
                          ("distill.rded.factor=5", "factor=5")]:
-        with pytest.raises(input_errors(), match=match):
+        with pytest.raises(InputError, match=match):
             pipeline.preflight(compose(FAST + ["distill=cvdd", extra], tmp_path))
 
 

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from hald.errors import InputError
 
 MANIFEST = "manifest.json"
 
 
-class ArtifactError(RuntimeError):
+class ArtifactError(InputError, RuntimeError):
     """An artifact on disk is incomplete, corrupted, or made for something else."""
 
 

@@ -1,19 +1,16 @@
-"""Errors that mean "bad input": the entry point prints their one-line message (cause and fix), no traceback."""
+"""Errors that mean "bad input". Every one subclasses `InputError`, whose message is one line: the cause and
+the fix. The entry point prints it without a traceback (exit 2). This module imports nothing of the project:
+each layer defines its own subclasses next to the code that raises them."""
 from __future__ import annotations
 
 
-class ConfigError(ValueError):
+class InputError(ValueError):
+    """Base of every "cause; fix: ..." error: the run cannot work with this input and nothing was written."""
+
+
+class ConfigError(InputError):
     """A configuration that cannot work (one line: the cause and the fix)."""
 
 
-class DivergedError(RuntimeError):
+class DivergedError(InputError, RuntimeError):
     """Training produced a NaN or infinite loss (one line: where, and the fix)."""
-
-
-def input_errors() -> tuple[type[BaseException], ...]:
-    from hald.artifacts import ArtifactError
-    from hald.data.distilled import DistilledError
-    from hald.data.sources import SourceError
-    from hald.labels.budget import LabelBudgetError
-
-    return (ConfigError, SourceError, DistilledError, ArtifactError, LabelBudgetError, DivergedError)

@@ -16,12 +16,13 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from rich.progress import track
+from hald.errors import InputError
 
 log = logging.getLogger(__name__)
 IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 
-class DistilledError(ValueError):
+class DistilledError(InputError):
     """A distilled folder that does not fit the dataset (one-line cause and fix)."""
 
 

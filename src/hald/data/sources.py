@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
+from hald.errors import InputError
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -48,7 +49,7 @@ SPLITS = ("train", "test")
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png")
 
 
-class SourceError(ValueError):
+class SourceError(InputError):
     """A dataset cannot be used as configured. The message is always a single line."""
 
     def __init__(self, message: str) -> None:

@@ -15,11 +15,12 @@ from typing import Any, Callable, Mapping
 
 from hald.labels.codecs import Codec
 from hald.labels.store import shard_bytes
+from hald.errors import InputError
 
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
 
 
-class LabelBudgetError(ValueError):
+class LabelBudgetError(InputError):
     """slc / ipc / batch size / byte budgets that do not make a valid store (one-line cause and fix)."""
 
 
