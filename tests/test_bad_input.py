@@ -8,7 +8,8 @@ import torch
 from hald import pipeline
 from hald.data.distilled import DistilledError, load_distilled, write_imagefolder
 from hald.errors import ConfigError, InputError
-from hald.labels.relabel import LabelBudgetError
+from hald.labels import relabel as relabel_mod
+from hald.labels.budget import LabelBudgetError
 from hald.labels.store import LabelStoreError
 
 from conftest import ROOT
@@ -92,7 +93,7 @@ def test_store_for_other_images_is_rejected(fast_cfg, tmp_path):
 def test_crash_mid_relabel_leaves_no_partial_artifact(fast_cfg, monkeypatch):
     cfg = fast_cfg("train.epochs=1", "slc=12")
     calls = {"n": 0}
-    real = pipeline.relabel.__globals__["write_shard"]
+    real = relabel_mod.write_shard
 
     def flaky(*a, **kw):
         calls["n"] += 1
@@ -100,7 +101,7 @@ def test_crash_mid_relabel_leaves_no_partial_artifact(fast_cfg, monkeypatch):
             raise OSError("disk full (simulated)")
         return real(*a, **kw)
 
-    monkeypatch.setitem(pipeline.relabel.__globals__, "write_shard", flaky)
+    monkeypatch.setattr(relabel_mod, "write_shard", flaky)
     with pytest.raises(OSError, match="simulated"):
         pipeline.run(cfg)
     cache = pipeline.Path(cfg.paths.cache_dir)

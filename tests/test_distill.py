@@ -19,6 +19,9 @@ from hald.distill.recover import distill_recover
 from hald.distill.rded import best_crops, random_crops, select_class, stitch
 from hald.errors import ConfigError, InputError
 from hald.models import build_backbone, save_weights
+from hald.pipeline.cache import Context
+from hald.pipeline.preflight import preflight
+from hald.pipeline.stages import stage_distill, stage_squeeze
 
 MNIST = {"name": "mnist5k", "num_classes": 10, "channels": 1, "input_size": 28, "mean": [0.1307], "std": [0.3081]}
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -72,7 +75,7 @@ def test_bn_term_is_zero_when_the_batch_statistics_equal_the_running_ones():
 def teacher(tmp_path_factory):
     """A real (weak) teacher: convnet_w32 squeezed 2 epochs on 50 images per digit."""
     tmp = tmp_path_factory.mktemp("teacher")
-    return pipeline.stage_squeeze(pipeline.Context(compose(FAST + ["teacher.squeeze.epochs=2"], tmp), tmp / "cache"))[0]
+    return stage_squeeze(Context(compose(FAST + ["teacher.squeeze.epochs=2"], tmp), tmp / "cache"))[0]
 
 
 def test_recover_lowers_the_bn_term_and_the_ce_on_a_real_teacher(teacher):
@@ -138,7 +141,7 @@ def test_bad_recover_config_stops_in_preflight(tmp_path):
     for extra, match in [("distill.committee.size=5", "committee.size=5"), ("distill.init=zeros", "distill.init"),
                          ("distill.rded.factor=5", "factor=5")]:
         with pytest.raises(InputError, match=match):
-            pipeline.preflight(compose(FAST + ["distill=cvdd", extra], tmp_path))
+            preflight(compose(FAST + ["distill=cvdd", extra], tmp_path))
 
 
 # -- RDED ----------------------------------------------------------------------------------------------------
@@ -210,8 +213,8 @@ def test_resume_after_an_interrupted_recover_gives_the_same_files(tmp_path, monk
     ck = _random_teacher(tmp_path / "t.safetensors")
     # uninterrupted
     cfg_a = _recover_cfg(tmp_path / "a", ck)
-    ctx_a = pipeline.Context(cfg_a, tmp_path / "a" / "cache")
-    dir_a, key_a, _ = pipeline.stage_distill(ctx_a, pipeline.stage_squeeze(ctx_a))
+    ctx_a = Context(cfg_a, tmp_path / "a" / "cache")
+    dir_a, key_a, _ = stage_distill(ctx_a, stage_squeeze(ctx_a))
     # killed after 4 of 9 units (3 IPC indices x 3 class chunks)
     calls = []
     real = recover_mod.recover_unit
@@ -224,10 +227,10 @@ def test_resume_after_an_interrupted_recover_gives_the_same_files(tmp_path, monk
 
     monkeypatch.setattr(recover_mod, "recover_unit", dies_on_the_fifth)
     cfg_b = _recover_cfg(tmp_path / "b", ck)
-    ctx_b = pipeline.Context(cfg_b, tmp_path / "b" / "cache")
-    teachers = pipeline.stage_squeeze(ctx_b)
+    ctx_b = Context(cfg_b, tmp_path / "b" / "cache")
+    teachers = stage_squeeze(ctx_b)
     with pytest.raises(KeyboardInterrupt):
-        pipeline.stage_distill(ctx_b, teachers)
+        stage_distill(ctx_b, teachers)
     partial = tmp_path / "b" / "cache" / "distill" / f".partial-{key_a}"
     markers = sorted((partial / "units").glob("*.json"))
     assert len(markers) == 4 and not artifacts.is_complete(tmp_path / "b" / "cache" / "distill" / key_a)
@@ -242,7 +245,7 @@ def test_resume_after_an_interrupted_recover_gives_the_same_files(tmp_path, monk
     # started again: only the 5 missing units run, finished ones are never rewritten
     calls.clear()
     monkeypatch.setattr(recover_mod, "recover_unit", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
-    dir_b, key_b, reused = pipeline.stage_distill(ctx_b, teachers)
+    dir_b, key_b, reused = stage_distill(ctx_b, teachers)
     assert key_b == key_a and not reused and len(calls) == 5
     assert not partial.exists()  # promoted (hard links) into the artifact, then removed
     assert all(((dir_b / f).stat().st_ino, (dir_b / f).stat().st_mtime_ns) == v for f, v in finished.items())

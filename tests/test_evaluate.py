@@ -20,6 +20,7 @@ from hald.evaluate.fair import lrs, scores
 from hald.evaluate.gradsim import gradient_cosine, replayed_hard_targets
 from hald.evaluate.lvsd import lvsd, lvsd_from_probs
 from hald.train.schedule import make_schedule
+from hald.pipeline import student
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -250,7 +251,7 @@ def test_paper_config_values(name, tmp_path):
     if name.startswith("hald"):
         assert cfg.slc == (50 if name.endswith("50") else 100)
         assert sched.timeline() == "soft 0-74 | hard 75-224 | soft 225-299"
-        assert pipeline.resolve_lr(cfg, 10) == (1e-3, 2.0)  # the paper's table at IPC 10
+        assert student.resolve_lr(cfg, 10) == (1e-3, 2.0)  # the paper's table at IPC 10
         assert cfg.optimizer.on_phase_switch == "keep" and cfg.hard_loss.temperature == 1  # the paper's hard CE
     else:
         assert sched.timeline() == "soft 0-299" and cfg.slc == 3000 and cfg.labels.teacher_mode == "bssl"
@@ -356,7 +357,7 @@ def test_loss_landscape_cli_on_a_run_dir(tmp_path, fast_cfg):
 
 def test_fair_hard_labels_are_plain_cross_entropy(fast_cfg):
     """DD-Ranking's hard-label training: no smoothing, no CutMix and T = 1, whatever the run's hard phase uses."""
-    from hald.evaluate.fair import hard_labels
+    from hald.pipeline.fair import hard_labels
 
     cfg = fast_cfg("evaluate=fair")
     assert cfg.hard_loss.temperature == cfg.soft_loss.temperature == 20  # the pipeline's default hard phase

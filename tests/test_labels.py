@@ -7,12 +7,13 @@ import torch
 from omegaconf import OmegaConf
 
 from hald import artifacts
-from hald.data.datamodule import SoftReplayDataset, open_store_for
+from hald.labels.store import open_store_for
+from hald.train.datamodule import SoftReplayDataset
 from hald.data.distilled import load_distilled, write_imagefolder
 from hald.data.replay import render
 from hald.labels.budget import LabelBudgetError, plan_passes, plan_store
 from hald.labels.relabel import relabel
-from hald.labels.store import LabelStore, LabelStoreError
+from hald.labels.store import LabelStore, LabelStoreError, store_bytes
 from hald.models import build_backbone
 from hald.models.teachers import Committee, batch_stat_bn, committee_weights
 
@@ -110,7 +111,7 @@ def test_committee_weights():
 def test_bytes_on_disk_match_manifest_and_formula(tmp_path, distilled):
     path = make_store(tmp_path, distilled, Committee([teacher()]))
     manifest = json.loads((path / "manifest.json").read_text())
-    store = LabelStore.open(path)
+    LabelStore.open(path)
     n, c, nb = 12, 3, 3
     # per image: index uint16 2 + box 8 + partner uint8 1 + fp16 labels 2C; per batch: mix box 8 + offset 4;
     # per shard: one more offset 4 and the bit-packed flips ceil(n/8)
@@ -120,7 +121,8 @@ def test_bytes_on_disk_match_manifest_and_formula(tmp_path, distilled):
         assert f.stat().st_size == shard["bytes"] == manifest["files"][shard["file"]]["bytes"]
         header = struct.unpack("<Q", f.read_bytes()[:8])[0]  # safetensors: 8-byte length + JSON header + data
         assert shard["bytes"] == 8 + header + payload
-    assert sum(p.stat().st_size for p in path.iterdir()) == store.label_bytes
+    # what the budget counts: every shard plus the manifest
+    assert store_bytes(path) == manifest["shard_bytes"] + (path / "manifest.json").stat().st_size
 
 
 def test_larger_slc_gives_proportionally_more_passes(tmp_path, distilled):

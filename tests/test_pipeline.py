@@ -5,7 +5,9 @@ import pytest
 
 from hald import pipeline
 from hald.data.distilled import load_distilled
-from hald.data.datamodule import HALDDataModule, SoftReplayDataset
+from hald.labels.store import open_store_for
+from hald.pipeline import cache, stages
+from hald.train.datamodule import HALDDataModule, SoftReplayDataset
 from hald.data.sources import build_source
 from hald.train.schedule import make_schedule
 
@@ -27,14 +29,14 @@ def test_phase_switching_uses_soft_and_hard_paths_in_exactly_their_epochs(fast_c
 
 def test_datamodule_reads_phase_from_the_schedule_not_the_callback(fast_cfg):
     cfg = fast_cfg("train.epochs=6")
-    ctx = pipeline.Context(cfg, pipeline.Path(cfg.paths.cache_dir))
-    teachers = pipeline.stage_squeeze(ctx)
-    image_dir, key, _ = pipeline.stage_distill(ctx, teachers)
+    ctx = cache.Context(cfg, pipeline.Path(cfg.paths.cache_dir))
+    teachers = stages.stage_squeeze(ctx)
+    image_dir, key, _ = stages.stage_distill(ctx, teachers)
     images = load_distilled(image_dir, build_source(cfg.dataset, "test").classes, 1)
-    store, _ = pipeline.stage_relabel(ctx, images, key, teachers)
+    store, _ = stages.stage_relabel(ctx, images, key, teachers)
     schedule = make_schedule("S6", 6)
-    dm = HALDDataModule(images, store, cfg.dataset, schedule, soft_batch_size=16, hard_batch_size=8)
-    dm.setup()
+    dm = HALDDataModule(images, open_store_for(store, images), cfg.dataset, schedule, build_source(cfg.dataset, "test"),
+                        soft_batch_size=16, hard_batch_size=8)
     for epoch in range(6):  # no trainer, no callback: the loader alone picks the phase
         loader = dm.train_dataloader(epoch)
         is_soft = isinstance(loader.dataset, SoftReplayDataset)
@@ -80,8 +82,8 @@ def test_soft_loader_with_workers_gives_the_same_batches(fast_cfg):
     cfg = fast_cfg("train.epochs=2")
     out = pipeline.run(cfg)
     images = load_distilled(out["images"], [str(i) for i in range(10)], 1)
-    dm = HALDDataModule(images, out["store"], cfg.dataset, make_schedule("S6", 2), 8, 8)
-    dm.setup()
+    dm = HALDDataModule(images, open_store_for(pipeline.Path(out["store"]), images), cfg.dataset, make_schedule("S6", 2),
+                        build_source(cfg.dataset, "test"), 8, 8)
     ds = dm.soft_dataset(0)
     a = list(DataLoader(ds, batch_size=None, num_workers=0))
     b = list(DataLoader(ds, batch_size=None, num_workers=2))

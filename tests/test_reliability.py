@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf
 import torch
 
 from conftest import FAST, ROOT
@@ -375,7 +376,7 @@ def test_teacher_with_another_class_count_is_refused_before_any_work(fast_cfg, t
 
 
 def test_images_labels_and_teachers_from_another_dataset_or_class_order_are_detected(fast_cfg, tmp_path):
-    from hald.data.datamodule import open_store_for
+    from hald.labels.store import open_store_for
     from hald.labels.store import LabelStoreError
     from hald.models.build import check_checkpoint
 
@@ -386,7 +387,7 @@ def test_images_labels_and_teachers_from_another_dataset_or_class_order_are_dete
     one_line(e.value)
     images = load_distilled(out["images"], digits, 1)
     cfg = fast_cfg()
-    other = dict(pipeline.OmegaConf.to_container(cfg.dataset, resolve=True), name="fashion")
+    other = dict(OmegaConf.to_container(cfg.dataset, resolve=True), name="fashion")
     with pytest.raises(LabelStoreError, match="dataset='mnist5k'"):
         open_store_for(Path(out["store"]), images, other)
     images.classes = digits[::-1]

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import os
 import pickle
-import sys
-import types
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import torchvision
 from omegaconf import OmegaConf
 from PIL import Image
 
-from hald.data import sources
-from hald.data.sources import SOURCES, FileSource, ImageSource, SourceError, build_source, check_source
+from hald.data.sources import (SOURCES, FileSource, ImageSource, SourceError, build_source, check_source,
+                               class_names, mnist5k)
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset"
 DATASETS = ("mnist5k", "cifar10", "cifar100", "tiny_imagenet", "imagenette", "imagenet1k", "imagefolder")
@@ -228,12 +227,12 @@ def test_mnist5k_from_yaml():
 
 def test_mnist5k_split_is_stratified_disjoint_and_seeded():
     labels = np.repeat(np.arange(10), 500)
-    split = sources._mnist5k_split(labels, 400, 0)
+    split = mnist5k._stratified_split(labels, 400, 0)
     assert len(np.intersect1d(split["train"], split["test"])) == 0
     assert np.array_equal(np.union1d(split["train"], split["test"]), np.arange(5000))
     assert all(np.all(np.diff(idx) > 0) for idx in split.values())  # sorted
-    assert np.array_equal(sources._mnist5k_split(labels, 400, 0)["train"], split["train"])
-    assert not np.array_equal(sources._mnist5k_split(labels, 400, 1)["train"], split["train"])
+    assert np.array_equal(mnist5k._stratified_split(labels, 400, 0)["train"], split["train"])
+    assert not np.array_equal(mnist5k._stratified_split(labels, 400, 1)["train"], split["train"])
     source = build_source(dataset_cfg("mnist5k", train_per_class=450, split_seed=3), "test")
     assert len(source) == 500 and np.bincount(source.targets).tolist() == [50] * 10
 
@@ -269,7 +268,7 @@ def test_cifar_reads_pickles(tmp_path, name, style):
 
 
 def fake_torchvision(monkeypatch, on_init):
-    """Stand-in for torchvision.datasets so that download=true is testable offline."""
+    """Stand-in for torchvision's official CIFAR classes so that download=true is testable offline."""
     calls = []
 
     def factory(name):
@@ -278,9 +277,8 @@ def fake_torchvision(monkeypatch, on_init):
             on_init(name, Path(root))
         return create
 
-    module = types.ModuleType("torchvision")
-    module.datasets = types.SimpleNamespace(CIFAR10=factory("cifar10"), CIFAR100=factory("cifar100"))
-    monkeypatch.setitem(sys.modules, "torchvision", module)
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", factory("cifar10"))
+    monkeypatch.setattr(torchvision.datasets, "CIFAR100", factory("cifar100"))
     return calls
 
 
@@ -630,3 +628,50 @@ def test_unknown_split():
     with pytest.raises(SourceError) as excinfo:
         build_source(dataset_cfg("mnist5k"), "val")
     assert_one_line_error(excinfo, "'val'")
+
+
+# --------------------------------------------------------------------------------------------------
+# class_names: the class order without listing images
+# --------------------------------------------------------------------------------------------------
+
+
+def standin_cfg(tmp_path: Path, name: str, style: str = "py2"):
+    """The config of a miniature ``name`` written under tmp_path (mnist5k needs none)."""
+    if name == "mnist5k":
+        return dataset_cfg(name)
+    if name.startswith("cifar"):
+        make_cifar(tmp_path, name, style)
+        return dataset_cfg(name, root=str(tmp_path))
+    if name == "tiny_imagenet":
+        return dataset_cfg(name, root=str(make_tiny(tmp_path / "tiny")), num_classes=3)
+    split_dirs = ("train", "test") if name == "imagefolder" else ("train", "val")
+    root = make_class_folders(tmp_path / name, split_dirs)
+    return dataset_cfg(name, root=str(root), num_classes=None if name == "imagefolder" else 3)
+
+
+@pytest.mark.parametrize("name, style", [(n, "py2") for n in DATASETS] + [("cifar10", "bytes"), ("cifar100", "bytes")])
+def test_class_names_equal_the_sources_classes(tmp_path, name, style):
+    cfg = standin_cfg(tmp_path, name, style)
+    assert class_names(cfg) == build_source(cfg, "train").classes == build_source(cfg, "test").classes
+
+
+@pytest.mark.parametrize("name", ["tiny_imagenet", "imagenette", "imagenet1k", "imagefolder"])
+def test_class_names_lists_no_image_folder(tmp_path, monkeypatch, name):
+    cfg = standin_cfg(tmp_path, name)
+    expected = build_source(cfg, "train").classes
+    root = Path(cfg.root)
+    listed = []
+    for function in ("scandir", "listdir"):  # os.walk lists through os.scandir
+        real = getattr(os, function)
+        spy = lambda path=".", real=real: listed.append(Path(os.fspath(path))) or real(path)  # noqa: E731
+        monkeypatch.setattr(os, function, spy)
+    assert class_names(cfg) == expected
+    # At most ROOT/<split dir> is listed: never a class folder, where the images are.
+    under_root = [p.relative_to(root) for p in listed if p.is_relative_to(root)]
+    assert all(len(p.parts) <= 1 for p in under_root), under_root
+
+
+def test_class_names_of_an_unknown_dataset():
+    with pytest.raises(SourceError) as excinfo:
+        class_names({"name": "mnist"})
+    assert_one_line_error(excinfo, "unknown dataset 'mnist'")

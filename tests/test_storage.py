@@ -5,7 +5,7 @@ import torch
 from hald import pipeline
 from hald.data.distilled import load_distilled
 from hald.labels.budget import LabelBudgetError, parse_bytes, plan_store
-from hald.labels.codecs import Codec, pack_bits, unpack_bits
+from hald.labels.codecs import CODECS, Codec, make_codec, pack_bits, unpack_bits
 from hald.labels.relabel import label_groups
 from hald.labels.store import LabelStore
 from hald.models import build_backbone
@@ -29,12 +29,12 @@ def test_bit_packing_round_trip(bits):
 def test_codec_round_trips_and_sizes(c):
     p = soft_labels(c=c)
     codecs = {
-        "fp32": (Codec("float", dtype="float32"), 0.0),
-        "fp16": (Codec("float"), 2 ** -11),                         # fp16 rounding of values <= 1
-        "quant_log8": (Codec("quant", bits=8), None),
-        "quant_prob14": (Codec("quant", bits=14, space="prob"), 2.0 / (2 ** 14 - 1)),
-        "topk": (Codec("topk", k=min(10, c)), None),
-        "topk_quant": (Codec("topk_quant", k=min(10, c), bits=8), None),
+        "fp32": (make_codec("float", dtype="float32"), 0.0),
+        "fp16": (make_codec("float"), 2 ** -11),                    # fp16 rounding of values <= 1
+        "quant_log8": (make_codec("quant", bits=8), None),
+        "quant_prob14": (make_codec("quant", bits=14, space="prob"), 2.0 / (2 ** 14 - 1)),
+        "topk": (make_codec("topk", k=min(10, c)), None),
+        "topk_quant": (make_codec("topk_quant", k=min(10, c), bits=8), None),
     }
     for name, (codec, bound) in codecs.items():
         enc = codec.encode(p)
@@ -47,22 +47,43 @@ def test_codec_round_trips_and_sizes(c):
         if bound is not None:
             assert (d - p).abs().max() <= bound, name
     # log-space quantisation: relative error bounded by half a step of the row's log range
-    codec = Codec("quant", bits=8)
+    codec = make_codec("quant", bits=8)
     d = codec.decode(codec.encode(p), c)
     logp = p.log()
     step = (logp.max(1).values - logp.min(1).values) / 255
     assert ((d.log() - logp).abs().max(1).values <= step + 2e-3 + (d.log() - logp).mean(1).abs()).all()
     # top-k keeps exactly the k largest entries; with rest=uniform the others share the remaining mass
     k = min(10, c)
-    d = Codec("topk", k=k).decode(Codec("topk", k=k).encode(p), c)
+    d = make_codec("topk", k=k).decode(make_codec("topk", k=k).encode(p), c)
     top = p.topk(k, 1).indices
     assert torch.allclose(d.gather(1, top), p.gather(1, top), atol=2 ** -11)
     if k < c:
         rest = d.scatter(1, top, -1.0)
         others = rest[rest >= 0].view(len(p), c - k)
         assert torch.allclose(others, others[:, :1].expand_as(others))
-    d = Codec("topk", k=k, rest="renorm").decode(Codec("topk", k=k, rest="renorm").encode(p), c)
+    d = make_codec("topk", k=k, rest="renorm").decode(make_codec("topk", k=k, rest="renorm").encode(p), c)
     assert ((d > 0).sum(1) == k).all()
+
+
+# Every parameter any codec takes, as the config group passes them all: each codec must take its own and
+# ignore the others. A new codec with a new parameter adds it here.
+ALL_PARAMS = [{"k": 7, "bits": 5}, {"k": 7, "bits": 12, "dtype": "float32", "rest": "renorm", "space": "prob"}]
+
+
+@pytest.mark.parametrize("params", ALL_PARAMS, ids=["defaults", "alternatives"])
+@pytest.mark.parametrize("name", sorted(CODECS))
+@pytest.mark.parametrize("c", [5, 300])  # k > C; class ids past uint8
+def test_every_registered_codec_round_trips(name, params, c):
+    codec = Codec.from_config({"name": name, **params})
+    assert type(codec) is CODECS[name] and Codec.from_config(codec.spec()) == codec
+    p = soft_labels(n=9, c=c, seed=c)
+    enc = codec.encode(p)
+    assert enc and all(v.shape[0] == len(p) for v in enc.values())
+    assert sum(v[0].numel() * v.element_size() for v in enc.values()) == codec.row_bytes(c)
+    d = codec.decode(enc, c)
+    assert d.shape == p.shape and d.dtype == torch.float32 and (d >= 0).all()
+    # fp16 probabilities are not renormalised: their sum is off by at most fp16 rounding (2**-11 relative)
+    assert torch.allclose(d.sum(1), torch.ones(len(p)), rtol=0, atol=2 ** -11)
 
 
 def test_bad_codec_parameters():
@@ -70,6 +91,10 @@ def test_bad_codec_parameters():
                                                                                   "space": "sqrt"}):
         with pytest.raises(ValueError, match="fix:"):
             Codec.from_config(kw)
+    with pytest.raises(ValueError, match="unknown codec 'zip'; fix:"):
+        make_codec("zip")
+    with pytest.raises(TypeError):
+        make_codec("float", k=3)  # in code, unlike in a config, a parameter the codec lacks is a mistake
 
 
 def test_parse_bytes():

@@ -6,6 +6,8 @@ from conftest import FAST, compose
 from hald import artifacts, pipeline
 from hald.data.sources import SOURCES
 from hald.distill.committee import voter_weights
+from hald.pipeline.cache import Context
+from hald.pipeline.stages import stage_distill, stage_squeeze
 
 # A recover that still moves: few iterations, few real images scored, priors from a tiny set and 2 epochs.
 TINY = ["distill.iterations=8", "distill.rded.mipc=20", "distill.prior.ipc=2", "distill.prior.slc=4",
@@ -60,8 +62,8 @@ def test_distill_cvdd_end_to_end_with_priors_on_held_out_train_images(shared, mo
         assert single["method"] == "sre2lpp" and used and not used & held
     # priors given by hand skip the measurement and make other images
     hand_cfg = compose(FAST + ["distill=cvdd", *TINY, "distill.priors=[90,50,10]"], shared)
-    ctx = pipeline.Context(hand_cfg, shared / "cache")
-    hand, _, _ = pipeline.stage_distill(ctx, pipeline.stage_squeeze(ctx))
+    ctx = Context(hand_cfg, shared / "cache")
+    hand, _, _ = stage_distill(ctx, stage_squeeze(ctx))
     assert str(hand) != out["images"] and len(seen) == 1
     assert artifacts.read_manifest(hand.parent)["priors"] == [90.0, 50.0, 10.0]
 
@@ -70,8 +72,8 @@ def test_distill_cvdd_end_to_end_with_priors_on_held_out_train_images(shared, mo
 def test_single_teacher_methods_make_an_image_folder(shared, method):
     cfg = compose(FAST + [f"distill={method}", "distill.iterations=8", "distill.rded.mipc=20"]
                   if method != "rded" else FAST + ["distill=rded", "distill.mipc=20"], shared)
-    ctx = pipeline.Context(cfg, shared / "cache")
-    images, _, _ = pipeline.stage_distill(ctx, pipeline.stage_squeeze(ctx))
+    ctx = Context(cfg, shared / "cache")
+    images, _, _ = stage_distill(ctx, stage_squeeze(ctx))
     manifest = artifacts.read_manifest(images.parent)
     assert manifest["method"] == method and manifest["teachers"][0]["name"] == "convnet_w32"
     assert sorted(p.name for p in images.iterdir()) == [f"{c:05d}" for c in range(10)]

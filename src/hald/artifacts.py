@@ -48,19 +48,36 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
-    """Write JSON next to `path` and rename over it: readers see the old or the new file, never half."""
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextmanager
+def atomic_write(path: Path) -> Iterator[Path]:
+    """Yield a temporary path next to `path`; on success it is renamed over `path` (readers see the old or
+    the new file, never half of one), on any failure it is removed. Same directory, so the rename never
+    crosses a file system. The file gets the mode a plain open() would give under the user's umask (mkstemp's
+    0600 would hide results from the rest of a lab sharing a cache)."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(plain(dict(data)), f, indent=2, default=str)
-            f.flush()
-            os.fsync(f.fileno())
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
+    """JSON written through `atomic_write` (and fsynced: manifests are the commit points of artifacts)."""
+    with atomic_write(path) as tmp, open(tmp, "w") as f:
+        json.dump(plain(dict(data)), f, indent=2, default=str)
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def file_entries(root: Path, with_sha: bool = True) -> dict[str, dict[str, Any]]:

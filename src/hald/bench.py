@@ -22,7 +22,7 @@ from typing import Callable
 import torch
 
 from hald.data.replay import render, render_loop, sample_pass
-from hald.labels.codecs import Codec
+from hald.labels.codecs import make_codec
 from hald.labels.relabel import label_groups
 from hald.labels.store import shard_bytes
 from hald.models import build_backbone
@@ -86,7 +86,7 @@ def bench_relabel(groups: int = 8, batch: int = 16, size: int = 32, mode: str = 
 
 def bench_training(steps: int = 20, batch: int = 16) -> dict:
     """One soft step (replay + KL) against one hard step (fresh crops + CutMix + CE), convnet_w32 on 28 px."""
-    from hald.data.datamodule import HardCropDataset, SoftReplayDataset
+    from hald.train.datamodule import HardCropDataset, SoftReplayDataset
     from hald.labels.store import LabelStore, write_shard
     from hald.train.losses import cutmix_smoothed_targets, soft_kl, soft_target_ce
     import tempfile
@@ -95,7 +95,7 @@ def bench_training(steps: int = 20, batch: int = 16) -> dict:
     images = (torch.rand(steps * batch, 1, 28, 28) * 255).to(torch.uint8)
     targets = torch.arange(10).repeat_interleave(len(images) // 10)
     batches = sample_pass(len(images), (28, 28), batch, 28, seed=0)
-    codec = Codec("float")
+    codec = make_codec("float")
     with tempfile.TemporaryDirectory() as tmp:
         write_shard(Path(tmp) / "pass_0000.safetensors", batches,
                     [torch.softmax(torch.randn(len(g), 10), 1) for g in batches], codec, 0, len(images))
@@ -127,10 +127,11 @@ def bench_training(steps: int = 20, batch: int = 16) -> dict:
 
 
 def bench_storage(ipc: int = 10, batch: int = 16, budget: float = 285e6) -> list[dict]:
-    codecs = {"fp32": Codec("float", dtype="float32"), "fp16": Codec("float"),
-              "topk k=10": Codec("topk", k=10), "topk k=100": Codec("topk", k=100),
-              "quant log 8-bit": Codec("quant", bits=8), "quant prob 14-bit": Codec("quant", bits=14, space="prob"),
-              "topk_quant k=10 6-bit": Codec("topk_quant", k=10, bits=6)}
+    codecs = {"fp32": make_codec("float", dtype="float32"), "fp16": make_codec("float"),
+              "topk k=10": make_codec("topk", k=10), "topk k=100": make_codec("topk", k=100),
+              "quant log 8-bit": make_codec("quant", bits=8),
+              "quant prob 14-bit": make_codec("quant", bits=14, space="prob"),
+              "topk_quant k=10 6-bit": make_codec("topk_quant", k=10, bits=6)}
     rows = []
     for name, codec in codecs.items():
         row = {"codec": name}

@@ -16,10 +16,10 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from rich.progress import track
+from hald.data.sources.files import class_folders, is_image
 from hald.errors import InputError
 
 log = logging.getLogger(__name__)
-IMAGE_EXTS = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
 
 
 class DistilledError(InputError):
@@ -52,7 +52,7 @@ def _class_dirs(root: Path, classes: list[str]) -> list[Path]:
     if not root.is_dir():
         raise DistilledError(f"distilled folder '{root}' does not exist; fix: set distill.path to a folder of "
                              f"class subfolders (00000/, 00001/, ... or class names)")
-    dirs = sorted(d for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    dirs = [root / name for name in class_folders(str(root))]  # the real datasets' rules (hald.data.sources.files)
     layout = "root/<00000..%05d or class name>/<images>" % (len(classes) - 1)
     if len(dirs) != len(classes):
         raise DistilledError(f"distilled folder '{root}' has {len(dirs)} class folders, the dataset has "
@@ -121,8 +121,8 @@ def load_distilled(root: Path | str, classes: list[str], channels: int) -> Disti
     ignored = []
     for cid, d in enumerate(track(_class_dirs(root, classes), description=f"reading {root.name}", transient=True)):
         files = [p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")]
-        paths = sorted(p for p in files if p.suffix.lower() in IMAGE_EXTS)
-        ignored += [p for p in files if p.suffix.lower() not in IMAGE_EXTS]
+        paths = sorted(p for p in files if is_image(p.name))
+        ignored += [p for p in files if not is_image(p.name)]
         if not paths:
             raise DistilledError(f"distilled folder '{d}' (class {cid}) has no images; fix: add its images or "
                                  f"use a complete set")

@@ -8,4 +8,3 @@
 """
 from hald.distill.registry import CHECKS, COLLECTIVE, METHODS, check_method, register  # noqa: F401
 from hald.distill import subset, rded, recover  # noqa: F401,E402  (importing registers the methods)
-from hald.distill.subset import distill_random  # noqa: F401

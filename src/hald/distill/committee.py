@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from hald.errors import ConfigError
+from hald.models.teachers import softmax_weights
 
 MODES = ("fixed", "pairs", "random")
 WEIGHTINGS = ("prior", "equal")
@@ -28,7 +29,7 @@ def voter_weights(priors: Sequence[float] | None, temperature: float = 5.0) -> t
     """w_i = exp(alpha_i / T) / sum_j exp(alpha_j / T) over the committee; equal weights when priors is None."""
     if priors is None:
         raise ConfigError("voter weights need priors; fix: distill.committee.weights=equal or give distill.priors")
-    return torch.softmax(torch.tensor(list(priors), dtype=torch.float64) / temperature, 0).float()
+    return softmax_weights(priors, temperature)
 
 
 def member_index(pool: Sequence[str], member: str | int) -> int:

@@ -28,7 +28,8 @@ from hald.data.distilled import write_imagefolder
 from hald.data.sources import ImageSource
 from hald.distill.pixels import normalize
 from hald.distill.registry import register
-from hald.distill.runtime import load_pool_teacher, make_fabric, save_grid, seed_of
+from hald.distill.runtime import load_pool_teacher, make_fabric, save_grid
+from hald.seeding import seed_of
 from hald.errors import ConfigError
 
 log = logging.getLogger(__name__)

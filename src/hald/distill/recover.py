@@ -40,7 +40,8 @@ from hald.distill.committee import CommitteeSchedule
 from hald.distill.pixels import normalize, to_uint8, valid_range
 from hald.distill.rded import rded_images, resolve_factor
 from hald.distill.registry import register
-from hald.distill.runtime import intra_op_threads, load_pool_teacher, make_fabric, save_grid, seed_of
+from hald.distill.runtime import intra_op_threads, load_pool_teacher, make_fabric, save_grid
+from hald.seeding import seed_of
 from hald.errors import ConfigError
 from hald.units import UnitStore
 

@@ -10,7 +10,6 @@ import torch
 import torch.nn as nn
 
 from hald.models import load_teacher
-from hald.seeding import seed_of  # noqa: F401  (re-exported for the methods)
 
 
 def make_fabric(trainer_kwargs: Mapping[str, Any] | None, devices: int = 1):

@@ -102,18 +102,17 @@ def lvsd(teacher: nn.Module, images: torch.Tensor, targets: torch.Tensor, store:
 def store_teacher(store_path: Path, teacher_cfg: Mapping[str, Any], dataset: Mapping[str, Any]) -> nn.Module:
     """The teacher(s) that made a label store, from its manifest: squeezed teachers live in the same cache
     (`<cache>/squeeze/<key>`), given ones in teacher.checkpoints; weighted as the store records."""
-    from hald.models import load_teacher
-    from hald.models.teachers import Committee
+    from hald.models.teachers import build_committee
 
     manifest = json.loads((Path(store_path) / "manifest.json").read_text())
     cache = Path(store_path).resolve().parent.parent
-    nets = []
+    members = []
     for i, t in enumerate(manifest["teachers"]):
         weights = {"squeeze": str(cache / "squeeze" / t["key"] / "teacher.safetensors"),
                    "checkpoint": (teacher_cfg.get("checkpoints") or [None] * (i + 1))[i]}.get(t["source"])
-        nets.append(load_teacher(t["name"], int(dataset["num_classes"]), int(dataset["channels"]),
-                                 int(dataset["input_size"]), weights, teacher_cfg.get("pretrained")))
-    return Committee(nets, torch.tensor(manifest["teacher_weights"]), mode="eval")
+        members.append({"name": t["name"], "weights": weights})
+    return build_committee(members, dataset, torch.tensor(manifest["teacher_weights"]), "eval",
+                           teacher_cfg.get("pretrained"))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader, Dataset
 from hald import dist
 from hald.data.distilled import DistilledImages
 from hald.data.replay import Geometry, render, sample_pass
-from hald.labels.budget import LabelBudgetError, Plan, plan_passes  # noqa: F401  (re-exported)
+from hald.artifacts import build_manifest, manifest_size
+from hald.labels.budget import Plan
 from hald.labels.store import FORMAT_VERSION, shard_name, write_shard
 from hald.models.teachers import Committee
 from hald.units import UnitStore
@@ -88,17 +89,18 @@ class Labeller(L.LightningModule):
         return label_groups(self.committee, xs, self.temperature)
 
 
-def store_fields(distilled: DistilledImages, plan: Plan, cfg: Mapping[str, Any], dataset: Mapping[str, Any],
-                 committee: Committee, shards: list[dict]) -> dict[str, Any]:
+def store_fields(plan: Plan, cfg: Mapping[str, Any], dataset: Mapping[str, Any], *, num_images: int, ipc: int,
+                 classes: list[str], images_sha256: str, teacher_mode: str, teacher_weights: list[float],
+                 shards: list[dict]) -> dict[str, Any]:
     """The label store's manifest fields (besides the artifact fields written by artifacts.finish)."""
-    n, c, bsz = len(distilled), len(distilled.classes), int(cfg["batch_size"])
+    n, c, bsz = num_images, len(classes), int(cfg["batch_size"])
     return {
-        "format_version": FORMAT_VERSION, "passes": plan.sli, "sli": plan.sli, "ipc": distilled.ipc,
-        "slc": plan.sli * distilled.ipc, "batch_size": bsz, "batches_per_pass": -(-n // bsz), "num_images": n,
-        "num_classes": c, "classes": distilled.classes, "images_sha256": distilled.sha256,
+        "format_version": FORMAT_VERSION, "passes": plan.sli, "sli": plan.sli, "ipc": ipc,
+        "slc": plan.sli * ipc, "batch_size": bsz, "batches_per_pass": -(-n // bsz), "num_images": n,
+        "num_classes": c, "classes": list(classes), "images_sha256": images_sha256,
         "codec": plan.codec.spec(), "label_budget": plan.budget,
-        "temperature": float(cfg["temperature"]), "teacher_mode": committee.mode,
-        "teacher_weights": [round(float(w), 6) for w in committee.weights],
+        "temperature": float(cfg["temperature"]), "teacher_mode": teacher_mode,
+        "teacher_weights": [round(float(w), 6) for w in teacher_weights],
         "crop": {"size": int(dataset["input_size"]), "scale": list(cfg["crop_scale"]),
                  "ratio": list(cfg["crop_ratio"]), "interpolation": "bilinear (roi_align, aligned)"},
         "flip_p": float(cfg["flip_p"]),
@@ -107,6 +109,23 @@ def store_fields(distilled: DistilledImages, plan: Plan, cfg: Mapping[str, Any],
         "mean": [float(v) for v in dataset["mean"]], "std": [float(v) for v in dataset["std"]],
         "shards": shards, "shard_bytes": sum(s["bytes"] for s in shards),
     }
+
+
+def manifest_reserve(sli: int, codec: Any, cfg: Mapping[str, Any], dataset: Mapping[str, Any], *, num_images: int,
+                     ipc: int, classes: list[str], teacher_mode: str, n_teachers: int, config: Any,
+                     extra: Mapping[str, Any]) -> int:
+    """Bytes the store's manifest will take, for a byte budget that counts it: the manifest relabel would
+    write (these fields, this config, `extra` fields such as the teachers), with the largest numbers its
+    sizes and hashes can have, plus slack."""
+    plan = Plan(sli, codec, 10**12, 0, 10**12)
+    shards = [{"file": shard_name(p), "pass": p, "records": 10**6, "images": 10**7, "bytes": 10**12}
+              for p in range(sli)]
+    fields = store_fields(plan, cfg, dataset, num_images=num_images, ipc=ipc, classes=classes,
+                          images_sha256="0" * 64, teacher_mode=teacher_mode, teacher_weights=[1.0] * n_teachers,
+                          shards=shards)
+    files = {s["file"]: {"bytes": 10**12, "sha256": "0" * 64} for s in shards}
+    mock = build_manifest("relabel", "0" * 12, config, {"images": "0" * 12}, files, **{**fields, **extra})
+    return manifest_size(mock) + 256  # slack for longer numbers in the real one
 
 
 def relabel(distilled: DistilledImages, committee: Committee, plan: Plan, cfg: Mapping[str, Any],
@@ -149,4 +168,6 @@ def relabel(distilled: DistilledImages, committee: Committee, plan: Plan, cfg: M
     shards = [r["shard"] for r in store.records(names)]  # read before a private work dir is removed
     if work_dir is None:
         shutil.rmtree(store.root, ignore_errors=True)
-    return store_fields(distilled, plan, cfg, dataset, committee, shards)
+    return store_fields(plan, cfg, dataset, num_images=len(distilled), ipc=distilled.ipc, classes=distilled.classes,
+                        images_sha256=distilled.sha256, teacher_mode=committee.mode,
+                        teacher_weights=committee.weights.tolist(), shards=shards)

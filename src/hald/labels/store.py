@@ -10,7 +10,7 @@ stored batches as flat arrays plus offsets, so record k of a pass is rows offset
     mix_box   int16 [nb, 4]        CutMix box (y1, x1, y2, x2) in output pixels, one per stored batch
     offsets   int32 [nb + 1]
     labels/*  [n, ...]             softmax(z / T) of the teacher(s) on exactly these pixels, encoded by the
-                                   store's codec (labels/codecs.py), e.g. labels/probs float16 [n, C]
+                                   store's codec (labels/codecs/), e.g. labels/probs float16 [n, C]
 
 Record id r = pass * batches_per_pass + k. Records are read by id (memory-mapped slices), so any number of
 loader workers and DDP ranks can read them and nothing depends on a sampler replaying a seed.
@@ -18,7 +18,6 @@ loader workers and DDP ranks can read them and nothing depends on a sampler repl
 from __future__ import annotations
 
 import json
-import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,8 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save, save_file
 
-from hald.artifacts import ArtifactError, read_manifest, verify
+from hald.artifacts import ArtifactError, atomic_write, read_manifest, verify
+from hald.data.distilled import DistilledImages
 from hald.data.replay import Geometry
 from hald.labels.codecs import Codec, pack_bits, unpack_bits
 
@@ -81,13 +81,8 @@ def shard_bytes(n_images: int, batch_size: int, codec: Codec, num_classes: int) 
 def write_shard(path: Path, batches: list[Geometry], labels: list[torch.Tensor], codec: Codec, p: int,
                 n_images: int) -> dict:
     """Write one pass atomically (temp file + rename); return its manifest entry."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
+    with atomic_write(path) as tmp:  # a write that fails half-way leaves nothing behind
         save_file(shard_tensors(batches, labels, codec, n_images), str(tmp), metadata=SHARD_METADATA)
-        os.replace(tmp, path)
-    except BaseException:  # a write that fails half-way leaves nothing behind
-        tmp.unlink(missing_ok=True)
-        raise
     return {"file": path.name, "pass": p, "records": len(batches), "images": sum(len(g) for g in batches),
             "bytes": path.stat().st_size}
 
@@ -177,11 +172,6 @@ class LabelStore:
     def num_records(self) -> int:
         return self.passes * self.batches_per_pass
 
-    @property
-    def label_bytes(self) -> int:
-        """Bytes on disk of everything in the store: shards and manifest."""
-        return store_bytes(self.path)
-
     # -- record access ---------------------------------------------------------------------------------
     def _shard(self, p: int) -> tuple[ShardView, torch.Tensor, torch.Tensor]:
         # Opened lazily per process (after pickling into a worker or rank), never shared across processes.
@@ -209,6 +199,30 @@ class LabelStore:
         state = self.__dict__.copy()
         state["_shards"] = {}
         return state
+
+
+def open_store_for(path: Path, distilled: DistilledImages, dataset: Mapping[str, Any] | None = None,
+                   deep: bool = True) -> LabelStore:
+    """Open a label store and check it labels exactly these images, in this class order, with the pixels this
+    run will replay (normalisation and input size)."""
+    expect: dict[str, Any] = {"images_sha256": distilled.sha256, "num_classes": len(distilled.classes),
+                              "classes": distilled.classes}
+    if dataset is not None:
+        expect.update({"mean": [float(v) for v in dataset["mean"]], "std": [float(v) for v in dataset["std"]],
+                       "dataset": dataset["name"]})
+        store = LabelStore.open(path, expect=expect, deep=deep)
+        if store.manifest["crop"]["size"] != int(dataset["input_size"]):
+            raise LabelStoreError(f"label store '{path}' was made at input size {store.manifest['crop']['size']}, "
+                                  f"this run uses {dataset['input_size']}; fix: relabel at this input size")
+        return store
+    return LabelStore.open(path, expect=expect, deep=deep)
+
+
+def check_soft_batch(soft_batch_size: int, stored_batch_size: int) -> None:
+    if soft_batch_size <= 0 or soft_batch_size % stored_batch_size:
+        raise LabelStoreError(f"train.soft_batch_size={soft_batch_size} is not a multiple of the stored batch "
+                              f"size {stored_batch_size} (BSSL labels and CutMix partners are batch-specific); "
+                              f"fix: train.soft_batch_size={stored_batch_size} or a multiple of it")
 
 
 def store_bytes(path: Path) -> int:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -62,13 +62,19 @@ def grouped_batch_stats(model: nn.Module, groups: int) -> Iterator[nn.Module]:
             del m.forward
 
 
+def softmax_weights(scores: Sequence[float], temperature: float) -> torch.Tensor:
+    """softmax(score / T) over teachers' scores (e.g. top-1 in %): the relabel committee's `teacher.weights=score`
+    (T = 10) and CV-DD's prior-weighted voters (T = 5) are this one rule."""
+    return torch.softmax(torch.tensor(list(scores), dtype=torch.float64) / temperature, 0).float()
+
+
 def committee_weights(n: int, scores: Sequence[float] | None = None, temperature: float = 10.0) -> torch.Tensor:
     """Equal weights, or softmax(score / temperature) over the teachers' scores (e.g. top-1 in %)."""
     if scores is None:
         return torch.full((n,), 1.0 / n)
     if len(scores) != n:
         raise ValueError(f"{len(scores)} teacher scores for {n} teachers; fix: give one score per teacher")
-    return torch.softmax(torch.tensor(list(scores), dtype=torch.float64) / temperature, 0).float()
+    return softmax_weights(scores, temperature)
 
 
 class Committee(nn.Module):
@@ -98,3 +104,14 @@ class Committee(nn.Module):
             else:
                 z = z + w * t(x).float()
         return z
+
+
+def build_committee(members: Sequence[Mapping[str, Any]], dataset: Mapping[str, Any],
+                    weights: torch.Tensor | None = None, mode: str = "eval", pretrained: str | None = None) -> Committee:
+    """The one way a list of teachers ({name, weights: a safetensors path or None}) becomes a Committee:
+    relabel's labellers, and the analyses that need the teachers that made a store (LVSD)."""
+    from hald.models.build import load_teacher
+
+    nets = [load_teacher(m["name"], int(dataset["num_classes"]), int(dataset["channels"]), int(dataset["input_size"]),
+                         m.get("weights"), pretrained) for m in members]
+    return Committee(nets, weights, mode)

@@ -28,7 +28,6 @@ class PhaseScheduler(L.Callback):
             raise ValueError(f"optimizer.on_phase_switch={on_phase_switch!r}; fix: one of {ON_SWITCH}")
         self.schedule, self.on_phase_switch, self.eval_every = schedule, on_phase_switch, eval_every
         self.eval_phase_ends = eval_phase_ends
-        self.history: list[tuple[int, str]] = []
 
     def eval_epoch(self, epoch: int) -> bool:
         last = self.schedule.total_epochs - 1
@@ -39,7 +38,6 @@ class PhaseScheduler(L.Callback):
         epoch = trainer.current_epoch
         phase = self.schedule.phase_at(epoch)
         pl_module.phase = phase
-        self.history.append((epoch, phase))
         if epoch in self.schedule.switches():
             log.info("epoch %d: phase switch %s -> %s", epoch, self.schedule.phase_at(epoch - 1), phase)
             if self.on_phase_switch == "reset":

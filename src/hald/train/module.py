@@ -7,6 +7,7 @@ from typing import Any
 import lightning as L
 import torch
 import torch.nn as nn
+from timm.optim import param_groups_weight_decay
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
@@ -60,12 +61,9 @@ class StudentModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        decay, no_decay = [], []
-        for name, p in self.net.named_parameters():
-            # Weight decay on >=2-D weights only: biases and norm affines are not decayed.
-            (decay if p.ndim >= 2 else no_decay).append(p)
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
-                                 {"params": no_decay, "weight_decay": 0.0}], lr=hp.lr, betas=tuple(hp.betas))
+        # Weight decay on >=2-D weights only: biases and norm affines are not decayed (timm's grouping).
+        groups = param_groups_weight_decay(self.net, weight_decay=hp.weight_decay)
+        opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
         total = self.schedule.total_epochs
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: cosine_eta(e, total, hp.eta))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}

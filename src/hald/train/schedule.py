@@ -15,6 +15,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
+from hald.seeding import seed_of
+
 SOFT, HARD = "soft", "hard"
 PHASES = (SOFT, HARD)
 
@@ -107,10 +111,8 @@ def make_schedule(preset: str, epochs: int, soft_fraction: float = 0.5, block: i
 def soft_pool(schedule: Schedule, epoch: int, passes: int, batches_per_pass: int, seed: int) -> list[int]:
     """Stored-batch ids for a soft epoch: each stored batch once per `passes` consecutive soft epochs, in a
     seeded random order. One soft epoch uses batches_per_pass records (= every image once)."""
-    import torch
-
     s = schedule.soft_epochs_before(epoch)
     cycle, within = divmod(s, passes)
-    g = torch.Generator().manual_seed(seed * 1_000_003 + cycle)
+    g = torch.Generator().manual_seed(seed_of(seed, cycle))
     perm = torch.randperm(passes * batches_per_pass, generator=g)
     return perm[within * batches_per_pass:(within + 1) * batches_per_pass].tolist()

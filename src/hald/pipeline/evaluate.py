@@ -6,26 +6,27 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from hald.artifacts import write_json_atomic
+from hald.evaluate.lvsd import lvsd
+from hald.pipeline.cache import Context
+from hald.pipeline.fair import evaluate_fair
+from hald.pipeline.stages import relabel_committee
+
 log = logging.getLogger("hald")
 
 
-def stage_evaluate(ctx, teachers: list[dict[str, Any]], images, store_path: Path, result: dict[str, Any],
+def stage_evaluate(ctx: Context, teachers: list[dict[str, Any]], made: dict[str, Any], result: dict[str, Any],
                    out_dir: Path) -> dict[str, Any]:
     """Summary fields to add: `fair` (evaluate=fair), `lvsd` (evaluate.lvsd=true; full result in lvsd.json)."""
     ev = ctx.cfg.get("evaluate") or {}
     extra: dict[str, Any] = {}
     if ev.get("fair"):
-        from hald.evaluate.fair import evaluate_fair
-
-        extra["fair"] = evaluate_fair(ctx, teachers, images, store_path, result["top1"])
+        extra["fair"] = evaluate_fair(ctx, teachers, made, result["top1"])
     if ev.get("lvsd"):
-        from hald.artifacts import write_json_atomic
-        from hald.evaluate.lvsd import lvsd
-        from hald.pipeline import build_committee
-
-        committee = build_committee(ctx.cfg, teachers)
+        committee = relabel_committee(ctx.cfg, teachers)
         committee.mode = "eval"  # a per-image crop distribution: BSSL labels also depend on the batch
-        manifest = json.loads((store_path / "manifest.json").read_text())
+        images = made["images"]
+        manifest = json.loads((made["store"] / "manifest.json").read_text())
         res = lvsd(committee, images.images, images.targets, manifest, crops=int(ev.get("lvsd_crops", 64)),
                    seed=int(ctx.cfg.seed))
         write_json_atomic(out_dir / "lvsd.json", res.to_dict())

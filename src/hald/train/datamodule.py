@@ -8,18 +8,18 @@ The train loader is rebuilt every epoch and reads the phase from the pure schedu
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Mapping
 
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from hald.data.distilled import DistilledImages, load_distilled
+from hald.data.distilled import DistilledImages
 from hald.data.replay import render
-from hald.data.sources import build_source
 from hald.data.transforms import FixedOrder, Reseeded, Transformed, eval_transform, train_transform
-from hald.labels.store import LabelStore, LabelStoreError
+from hald.labels.store import LabelStore, check_soft_batch
+from hald.seeding import seed_of
+from hald.train.resume import epoch_to_run
 from hald.train.schedule import SOFT, Schedule, soft_pool
 
 
@@ -60,40 +60,26 @@ class HardCropDataset(Dataset):
 
 
 class HALDDataModule(L.LightningDataModule):
-    def __init__(self, distilled: Path | str | DistilledImages, store: Path | str, dataset: Mapping[str, Any],
-                 schedule: Schedule, soft_batch_size: int, hard_batch_size: int, seed: int = 0,
-                 num_workers: int = 0, eval_batch_size: int = 256, hard_crop_scale=(0.08, 1.0),
-                 hard_flip_p: float = 0.5, eval_source: Dataset | None = None):
+    """Built by `hydra.utils.instantiate(cfg.student.datamodule, distilled=..., store=..., ...)`
+    (conf/student/default.yaml): the images and the store come opened and checked (labels.store.open_store_for);
+    `eval_source` is what validation and test measure (the test split, or for CV-DD priors a held-out part of
+    the train split)."""
+
+    def __init__(self, distilled: DistilledImages, store: LabelStore, dataset: Mapping[str, Any],
+                 schedule: Schedule, eval_source: Dataset, soft_batch_size: int, hard_batch_size: int,
+                 seed: int = 0, num_workers: int = 0, eval_batch_size: int = 256, hard_crop_scale=(0.08, 1.0),
+                 hard_flip_p: float = 0.5):
         super().__init__()
-        self.distilled_arg, self.store_path, self.ds = distilled, Path(store), dict(dataset)
+        check_soft_batch(soft_batch_size, store.batch_size)
+        self.distilled, self.store, self.ds = distilled, store, dict(dataset)
         self.schedule, self.seed, self.num_workers = schedule, seed, num_workers
         self.soft_batch_size, self.hard_batch_size, self.eval_batch_size = soft_batch_size, hard_batch_size, eval_batch_size
-        self.hard_crop_scale, self.hard_flip_p = hard_crop_scale, hard_flip_p
-        self.distilled: DistilledImages | None = None
-        self.store: LabelStore | None = None
-        self.test_set = None
-        # What validation and test measure: the test split, or (CV-DD priors) a held-out part of train.
-        self.eval_source = eval_source
-
-    # -- setup: open everything and check it fits, before any training step -----------------------------
-    def setup(self, stage: str | None = None) -> None:
-        if self.distilled is None:
-            self.distilled = (self.distilled_arg if isinstance(self.distilled_arg, DistilledImages) else
-                              load_distilled(self.distilled_arg, self._classes(), self.ds["channels"]))
-        if self.store is None:
-            self.store = open_store_for(self.store_path, self.distilled, self.ds)
-            check_soft_batch(self.soft_batch_size, self.store.batch_size)
-        if self.test_set is None:
-            self.test_set = Transformed(self.eval_source or build_source(self.ds, "test"), eval_transform(self.ds))
-
-    def _classes(self) -> list[str]:
-        return (self.eval_source or build_source(self.ds, "test")).classes
+        self.hard_crop_scale, self.hard_flip_p = tuple(hard_crop_scale), hard_flip_p
+        self.test_set = Transformed(eval_source, eval_transform(self.ds))
 
     @property
     def current_epoch(self) -> int:
         """The epoch the loader being built is for (right after a resume too: train/resume.epoch_to_run)."""
-        from hald.train.resume import epoch_to_run
-
         return epoch_to_run(self.trainer)
 
     # -- loaders ------------------------------------------------------------------------------------------
@@ -106,7 +92,7 @@ class HALDDataModule(L.LightningDataModule):
                                self.hard_flip_p)
         hard = Reseeded(hard, self.seed, epoch)  # fresh crops each epoch, a pure function of (seed, epoch, i)
         return DataLoader(hard, batch_size=self.hard_batch_size, num_workers=self.num_workers,
-                          sampler=FixedOrder(len(hard), self.seed * 7919 + epoch))
+                          sampler=FixedOrder(len(hard), seed_of(self.seed, epoch)))
 
     def soft_dataset(self, epoch: int) -> SoftReplayDataset:
         ids = soft_pool(self.schedule, epoch, self.store.passes, self.store.batches_per_pass, self.seed)
@@ -120,27 +106,3 @@ class HALDDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
-
-
-def open_store_for(path: Path, distilled: DistilledImages, dataset: Mapping[str, Any] | None = None,
-                   deep: bool = True) -> LabelStore:
-    """Open a label store and check it labels exactly these images, in this class order, with the pixels this
-    run will replay (normalisation and input size)."""
-    expect: dict[str, Any] = {"images_sha256": distilled.sha256, "num_classes": len(distilled.classes),
-                              "classes": distilled.classes}
-    if dataset is not None:
-        expect.update({"mean": [float(v) for v in dataset["mean"]], "std": [float(v) for v in dataset["std"]],
-                       "dataset": dataset["name"]})
-        store = LabelStore.open(path, expect=expect, deep=deep)
-        if store.manifest["crop"]["size"] != int(dataset["input_size"]):
-            raise LabelStoreError(f"label store '{path}' was made at input size {store.manifest['crop']['size']}, "
-                                  f"this run uses {dataset['input_size']}; fix: relabel at this input size")
-        return store
-    return LabelStore.open(path, expect=expect, deep=deep)
-
-
-def check_soft_batch(soft_batch_size: int, stored_batch_size: int) -> None:
-    if soft_batch_size <= 0 or soft_batch_size % stored_batch_size:
-        raise LabelStoreError(f"train.soft_batch_size={soft_batch_size} is not a multiple of the stored batch "
-                              f"size {stored_batch_size} (BSSL labels and CutMix partners are batch-specific); "
-                              f"fix: train.soft_batch_size={stored_batch_size} or a multiple of it")

@@ -1,0 +1,70 @@
+"""The pipeline: the only place stages meet. squeeze -> distill -> relabel -> train -> evaluate.
+
+    cache.py      the content-keyed artifact cache and its DDP protocol
+    preflight.py  every input checked before any work
+    stages.py     squeeze, distill, relabel (cached artifacts) and the distill -> relabel chain
+    student.py    student training and test
+    derived.py    runs of the stages with a derived config (priors.py: CV-DD's priors; fair.py: DD-Ranking)
+    evaluate.py   the evaluate stage's extras
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from hald import artifacts, dist
+from hald.evaluate.summary import print_summary
+from hald.pipeline.cache import Context
+from hald.pipeline.evaluate import stage_evaluate
+from hald.pipeline.preflight import preflight
+from hald.pipeline.priors import stage_priors
+from hald.pipeline.stages import images_and_labels, needs_priors, squeeze_teachers, stage_squeeze
+from hald.pipeline.student import stage_train
+
+
+def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
+    """The whole trip; returns (and writes as results.json) the run's summary."""
+    folder_images = preflight(cfg)
+    if dist.wants_ddp(cfg.trainer):  # every stage in the DDP world: ranks > 0 re-run this script (dist.py)
+        dist.launch(cfg.trainer)
+    out_dir = out_dir or output_dir(cfg)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ctx = Context(cfg, Path(cfg.paths.cache_dir).expanduser().resolve())
+    teachers = stage_squeeze(ctx)
+    pool = squeeze_teachers(ctx, cfg.distill.pool) if cfg.distill.get("pool") else None  # a committee's own
+    priors = stage_priors(ctx, pool, teachers) if pool and needs_priors(cfg.distill) else None
+    made = images_and_labels(ctx, teachers, priors, folder_images)
+    preview = distilled_preview(made, out_dir)
+    result = stage_train(ctx, made["images"], made["store"], out_dir, preview=preview)
+    is_global_zero = result.pop("is_global_zero")
+    result.update(stage_evaluate(ctx, teachers, made, result, out_dir))
+    summary = {
+        "dataset": cfg.dataset.name, "student": cfg.model.name,
+        "teachers": [{"name": t["name"], "top1": t["top1"], "source": t["source"], "reused": t["reused"]}
+                     for t in teachers],
+        "distill": cfg.distill.method, "images": str(made["image_dir"]), "images_reused": made["images_reused"],
+        "labels_reused": made["store_reused"], "timings_s": {k: round(v, 1) for k, v in ctx.timings.items()},
+        "output_dir": str(out_dir), **result,
+    }
+    if is_global_zero:
+        artifacts.write_json_atomic(out_dir / "results.json", summary)
+        print_summary(summary)
+    return summary
+
+
+def output_dir(cfg: DictConfig) -> Path:
+    from hydra.core.hydra_config import HydraConfig
+
+    return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.paths.output_dir)
+
+
+def distilled_preview(made: dict[str, Any], out_dir: Path) -> Path | None:
+    """The distill stage's image grid, copied into the run dir (W&B logs it); none for a folder passed in."""
+    grid = made["image_dir"].parent / "grid.png"
+    if made["image_key"] == "folder" or not grid.is_file():
+        return None
+    shutil.copy2(grid, out_dir / "distilled_grid.png")
+    return grid

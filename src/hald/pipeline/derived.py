@@ -1,0 +1,53 @@
+"""Runs of the stages with a derived config: the one way both CV-DD's priors and fair evaluation train extra
+students. `derive` changes a copy of the run's config; `trained` trains a student on it through the cached
+stages and keeps the result as a `<stage>/<key>` artifact, so repeating an evaluation trains nothing."""
+from __future__ import annotations
+
+import copy
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from hald import artifacts
+from hald.pipeline.cache import Context, cached, training_identity
+from hald.pipeline.student import stage_train
+
+log = logging.getLogger("hald")
+
+
+def derive(cfg: DictConfig, **changes: Any) -> DictConfig:
+    """A copy of the run's config with dotted keys changed (`derive(cfg, **{"train.epochs": 5})`), and no
+    loggers, probes or resume: these trainings only contribute a number, on one device."""
+    v = copy.deepcopy(cfg)
+    with open_dict(v):
+        v.logger = {}
+        v.train.resume, v.train.crop_consistency, v.train.grad_sim_every = False, False, 0
+        v.trainer.devices, v.trainer.strategy = 1, "auto"
+        if "sync_batchnorm" in v.trainer:
+            v.trainer.sync_batchnorm = False
+        for key, value in changes.items():
+            OmegaConf.update(v, key, value, merge=False, force_add=True)
+    return v
+
+
+def trained(ctx: Context, stage: str, cfg: DictConfig, made: dict[str, Any], describe: dict[str, Any], eval_source: Callable[[], tuple[Any, dict]] | None = None) -> dict[str, Any]:
+    """The manifest of a student trained by `cfg` on the images and labels `made` by
+    stages.images_and_labels, cached as `<stage>/<key>`
+    (`describe` is recorded with it). `eval_source()` gives what it is tested on and the fields that say so
+    (default: the test split)."""
+    images, store_path = made["images"], made["store"]
+    training = training_identity(cfg)
+    key = artifacts.key_of(images.sha256, store_path.name, training)
+
+    def build(tmp: Path) -> dict[str, Any]:
+        source, measured = eval_source() if eval_source else (None, {"measured_on": "test"})
+        with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=f".{stage}-student.") as run_dir:
+            res = stage_train(Context(cfg, ctx.cache), images, store_path, Path(run_dir), eval_source=source)
+        return {**describe, **measured, "top1": res["top1"], "top5": res["top5"], "label_bytes": res["label_bytes"]}
+
+    art = cached(ctx, stage, key, {**describe, "training": training}, {"images": made["image_key"],
+                                                                        "labels": store_path.name}, build)
+    return art.manifest

@@ -1,0 +1,93 @@
+"""Student training: the LightningModule and DataModule built from `conf/student` with Hydra's `instantiate`,
+trained over the phase schedule and tested. Used by the run itself and by every derived training (CV-DD
+priors, fair evaluation), which only change the config."""
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from hald.data.distilled import DistilledImages
+from hald.data.sources import build_source
+from hald.labels.store import open_store_for, store_bytes
+from hald.models import build_backbone
+from hald.pipeline.cache import Context
+from hald.train.callbacks import PhaseScheduler, analysis_callbacks, analysis_results
+from hald.train.hyper import paper_lr_eta
+from hald.train.resume import FiniteLoss, LastCheckpoint, RunState, StepSeed
+from hald.train.schedule import make_schedule
+
+log = logging.getLogger("hald")
+
+
+def resolve_lr(cfg: DictConfig, ipc: int) -> tuple[float, float]:
+    """`optimizer.lr/eta: auto` = the HALD paper's table for its datasets, else `default_lr/eta`."""
+    lr, eta = cfg.optimizer.lr, cfg.optimizer.eta
+    paper = paper_lr_eta(cfg.dataset.name, cfg.model.name, ipc)
+    auto = paper or (float(cfg.optimizer.default_lr), float(cfg.optimizer.default_eta))
+    return (float(auto[0]) if lr == "auto" else float(lr), float(auto[1]) if eta == "auto" else float(eta))
+
+
+def build_loggers(cfg: DictConfig) -> list:
+    if not cfg.get("logger"):
+        return []
+    return [instantiate(lg) for lg in cfg.logger.values() if lg is not None and "_target_" in lg]
+
+
+def stage_train(ctx: Context, images: DistilledImages, store_path: Path, out_dir: Path,
+                eval_source: Any = None, preview: Path | None = None) -> dict[str, Any]:
+    """Train and test the student; `eval_source` replaces the test split (CV-DD priors: held-out train)."""
+    cfg = ctx.cfg
+    ds = cfg.dataset
+    store = open_store_for(store_path, images, ds)
+    schedule = make_schedule(cfg.schedule.preset, int(cfg.train.epochs), float(cfg.schedule.soft_fraction),
+                             int(cfg.schedule.block or store.passes))
+    lr, eta = resolve_lr(cfg, images.ipc)
+    L.seed_everything(int(cfg.seed), workers=True, verbose=False)
+    net = build_backbone(cfg.model.name, int(ds.num_classes), int(ds.channels), int(ds.input_size))
+    module = instantiate(cfg.student.module)(net=net, num_classes=int(ds.num_classes), schedule=schedule, lr=lr,
+                                             eta=eta)
+    dm = instantiate(cfg.student.datamodule)(distilled=images, store=store, dataset=OmegaConf.to_container(ds, resolve=True),
+                                             schedule=schedule, eval_source=eval_source or build_source(ds, "test"))
+    last_ckpt = out_dir / "checkpoints" / "last.ckpt"
+    loggers = build_loggers(cfg)
+    probes = analysis_callbacks(cfg, images, store, schedule)  # crop consistency, gradient similarity
+    callbacks = [PhaseScheduler(schedule, cfg.optimizer.on_phase_switch, int(cfg.train.eval_every),
+                                bool(cfg.train.eval_phase_ends)),
+                 LastCheckpoint(last_ckpt, int(cfg.train.checkpoint_every)),  # atomic, every N epochs and the last
+                 StepSeed(int(cfg.seed)), RunState(), FiniteLoss(), *probes] + (
+        [L.pytorch.callbacks.LearningRateMonitor("epoch")] if loggers else [])
+    trainer = L.Trainer(max_epochs=schedule.total_epochs, reload_dataloaders_every_n_epochs=1,
+                        num_sanity_val_steps=0, callbacks=callbacks, logger=loggers or False,
+                        default_root_dir=str(out_dir), **OmegaConf.to_container(cfg.trainer, resolve=True))
+    label_bytes = store_bytes(store_path)
+    for lg in loggers:
+        lg.log_hyperparams({"labels/bytes": label_bytes, "labels/slc": store.manifest["slc"],
+                            "labels/sli": store.passes, "ipc": images.ipc, "lr": lr, "eta": eta,
+                            "schedule": schedule.timeline()})
+        lg.log_metrics({"labels/bytes": float(label_bytes)}, step=0)
+        if preview is not None and hasattr(lg, "log_image"):  # W&B: the distilled images as one grid
+            lg.log_image("distill/images", [str(preview)])
+    t0 = time.time()
+    resume = str(last_ckpt) if cfg.train.resume and last_ckpt.is_file() else None
+    if cfg.train.resume:
+        log.info("train: %s", f"resuming from {last_ckpt}" if resume else
+                 "train.resume=true but no checkpoint yet: starting from epoch 0")
+    trainer.fit(module, datamodule=dm, ckpt_path=resume)
+    ctx.timings["train"] = time.time() - t0
+    t0 = time.time()
+    test = trainer.test(module, datamodule=dm, verbose=False)[0]
+    ctx.timings["evaluate"] = time.time() - t0
+    return {"top1": float(test["test/top1"]), "top5": float(test["test/top5"]),
+            "top1_best": max([e["top1"] for e in module.eval_log], default=None),
+            "eval_log": module.eval_log, "schedule": schedule.timeline(),
+            "phase_audit": {e: sorted(p) for e, p in sorted(module.epoch_paths.items())}, "lr": lr, "eta": eta,
+            "label_bytes": label_bytes, "slc": store.manifest["slc"], "sli": store.passes,
+            "codec": store.codec.describe(), "label_budget": store.manifest.get("label_budget"),
+            "ipc": images.ipc, "store": str(store_path), **analysis_results(probes),
+            "is_global_zero": trainer.is_global_zero}
