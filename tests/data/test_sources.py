@@ -16,7 +16,7 @@ from PIL import Image
 from hald.data.sources import (SOURCES, FileSource, ImageSource, SourceError, build_source, check_source,
                                class_names, mnist5k)
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "dataset"
+CONF = Path(__file__).resolve().parents[2] / "conf" / "dataset"
 DATASETS = ("mnist5k", "cifar10", "cifar100", "tiny_imagenet", "imagenette", "imagenet1k", "imagefolder")
 REQUIRED_KEYS = ("name", "root", "download", "num_classes", "channels", "input_size", "mean", "std", "test_resize")
 
