@@ -31,11 +31,11 @@ test-fast: $(STAMP)  ## tests without the slow end-to-end ones
 chaos: $(STAMP)  ## reliability: kill -9 and resume in every stage, DDP in every stage, failing sweep jobs, faults
 	WANDB_MODE=disabled OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests/test_reliability.py $(ARGS)
 
-bench: $(STAMP)  ## the five storage/data-path benchmarks (ratios side by side); writes experiments/bench.md
-	WANDB_MODE=disabled $(BIN)/python -m hald.bench
+bench: $(STAMP)  ## the five storage/data-path benchmarks (ratios side by side); writes experiments/bench.md; on a GPU: ARGS="--device cuda"
+	WANDB_MODE=disabled $(BIN)/python -m hald.bench $(ARGS)
 
 bench-quick: $(STAMP)  ## benchmarks 1-4 only (seconds; skips the accuracy multirun)
-	WANDB_MODE=disabled $(BIN)/python -m hald.bench --skip-accuracy --out outputs/bench-quick.md
+	WANDB_MODE=disabled $(BIN)/python -m hald.bench --skip-accuracy --out outputs/bench-quick.md $(ARGS)
 
 clean:  ## remove outputs and caches (keeps .venv)
 	rm -rf outputs multirun .cache

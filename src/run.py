@@ -12,15 +12,20 @@ import hydra  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
 log = logging.getLogger("hald")
-# Lightning's INFO banners (GPU/TPU availability, tips) would print twice next to Hydra's log handler.
-logging.getLogger("lightning.pytorch.utilities.rank_zero").setLevel(logging.WARNING)
 warnings.filterwarnings("ignore", message=".*treespec.*")
+# Lightning: a distilled epoch has fewer steps than its logging interval; metrics are logged per epoch anyway.
+warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")
+# The CSV logger's notice on resume: hald.pipeline.tracking carries the history over itself.
+warnings.filterwarnings("ignore", message=".*Experiment logs directory .* exists and is not empty.*")
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> float | None:
+    from hald.console import quiet_libraries
     from hald.errors import InputError
     from hald.sweep import ERROR_FILE
+
+    quiet_libraries()  # after Hydra has set up its handlers
 
     job_dir, multirun = _job()
     if multirun:
@@ -59,8 +64,10 @@ def _failed(e: BaseException, code: int, job_dir: Path, multirun: bool, note: st
     """One line on stderr. A single run exits with `code`; a sweep job records error.json and returns, so
     the sweep's other jobs run (hald.sweep.SweepReport lists the failures and sets the exit status)."""
     msg = " ".join(f"{type(e).__name__ + ': ' if code != 2 else ''}{e}".split()) + (f" ({note})" if note else "")
-    log.error("%s", msg)
-    print(f"error: {msg}", file=sys.stderr)
+    print(f"error: {msg}", file=sys.stderr)  # once on the console; the job's log file gets it too
+    for h in logging.getLogger().handlers:
+        if isinstance(h, logging.FileHandler):
+            h.handle(log.makeRecord(log.name, logging.ERROR, __file__, 0, msg, None, None))
     if not multirun:
         sys.exit(code)
     from hald.artifacts import write_json_atomic

@@ -87,8 +87,10 @@ def test_kill_9_in_squeeze_relabel_and_training_resumes_to_the_uninterrupted_res
     assert list(cache.glob("squeeze/*/manifest.json")) and not list(cache.glob("relabel/[!.]*"))
     done_before = {p.name: p.stat().st_ino for p in cache.glob("relabel/.partial-*/pass_*.safetensors")}
     # 3. training, killed mid hard phase (checkpoint of epoch 4 written; hard runs 3-8)
-    log = b / "run" / "run.log"
-    kill_when(args, lambda: log.is_file() and "checkpoint after epoch 4" in log.read_text())
+    from hald.train.resume import checkpoint_epoch
+
+    last = b / "run" / "checkpoints" / "last.ckpt"  # renamed into place whole: safe to read while training
+    kill_when(args, lambda: last.is_file() and checkpoint_epoch(last) >= 4)
     ck = torch.load(b / "run" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     killed_at = ck["epoch"]  # 4, or 3 when the kill fell between dumping epoch 4 and its atomic rename
     assert 3 <= killed_at < 8, killed_at  # resume starts at killed_at + 1, inside the hard phase (3-8)

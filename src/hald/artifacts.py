@@ -67,9 +67,21 @@ def atomic_write(path: Path) -> Iterator[Path]:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise naming(e, path) from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def naming(e: OSError, path: Path) -> OSError:
+    """The same error with the file it was writing (a full disk inside a library often names none)."""
+    if e.filename is not None:
+        return e
+    if e.errno is None:
+        return type(e)(f"{e or type(e).__name__} (writing '{path}')")
+    return type(e)(e.errno, e.strerror or str(e), str(path))
 
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
@@ -92,16 +104,31 @@ def file_entries(root: Path, with_sha: bool = True) -> dict[str, dict[str, Any]]
     return out
 
 
+SEAL = "manifest_sha256"
+
+
+def seal_of(manifest: Mapping[str, Any]) -> str:
+    """sha256 of the manifest's canonical JSON without its own seal: a manifest edited by hand (5 passes
+    made 2) or damaged no longer matches it."""
+    body = {k: v for k, v in manifest.items() if k != SEAL}
+    return hashlib.sha256(json.dumps(plain(body), sort_keys=True, default=str).encode()).hexdigest()
+
+
 def read_manifest(path: Path) -> dict[str, Any]:
+    """The manifest, checked against its seal."""
     path = Path(path)
     mf = path / MANIFEST if path.is_dir() else path
     try:
-        return json.loads(mf.read_text())
+        manifest = json.loads(mf.read_text())
     except (FileNotFoundError, NotADirectoryError):
         raise ArtifactError(f"{path}: no {MANIFEST} (not an artifact, or an interrupted write); "
                             f"fix: delete it and run again") from None
     except json.JSONDecodeError as e:
         raise ArtifactError(f"{mf}: corrupted manifest ({e.msg}); fix: delete {path} and run again") from None
+    if manifest.get(SEAL) != seal_of(manifest):
+        what = "has no seal (made by an older hald)" if SEAL not in manifest else "does not match its seal (edited or damaged)"
+        raise ArtifactError(f"{mf} {what}; fix: delete {path} and run again, or rebuild it with this hald")
+    return manifest
 
 
 def verify(path: Path, deep: bool = False) -> dict[str, Any]:
@@ -127,6 +154,26 @@ def is_complete(path: Path) -> bool:
         return True
     except ArtifactError:
         return False
+
+
+def problem(path: Path) -> str | None:
+    """Why a cached artifact cannot be reused (None: it can; "absent": there is none). Every file is hashed
+    against its manifest each time: a flipped byte in a teacher or two swapped images must not be trusted on
+    their sizes (docs/checks.md has the cost)."""
+    if not Path(path).exists():
+        return "absent"
+    try:
+        verify(path, deep=True)
+        return None
+    except ArtifactError as e:
+        return str(e)
+
+
+def set_aside(path: Path) -> None:
+    """Remove a broken artifact (renamed first, so no reader sees it half-deleted)."""
+    aside = Path(path).with_name(f".{Path(path).name}.broken.{owner()}")
+    os.replace(path, aside)
+    shutil.rmtree(aside, ignore_errors=True)
 
 
 def owner() -> str:
@@ -165,6 +212,7 @@ def building(final: Path) -> Iterator[Path]:
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(final.parent, final.name)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.building.{owner()}."))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp's 0700 would keep a shared lab cache private to one user
     try:
         yield tmp
     except BaseException:
@@ -193,6 +241,7 @@ def build_manifest(stage: str, key: str, config: Any, upstream: Mapping[str, str
     }
     manifest["files"] = files
     manifest["bytes"] = sum(e["bytes"] for e in files.values())
+    manifest[SEAL] = seal_of(manifest)
     return manifest
 
 

@@ -5,10 +5,19 @@ written atomically every epoch), so a killed squeeze continues from its last fin
 data is a pure function of (seed, epoch): the shuffle is seeded per epoch and every crop per (seed, epoch,
 image), and each step's RNG per (seed, epoch, step, rank), so the resumed teacher equals the uninterrupted
 one. Under DDP (`trainer=ddp`) the ranks train data-parallel; `batch_size` stays the global batch.
+
+Recipe (`teacher.squeeze`; keys absent from a config take the first value, the project's own recipe):
+- `optimizer`: adamw | sgd (`momentum`, `nesterov`) | adam (L2 weight decay, CV-DD's CIFAR recipe);
+  weight decay on every parameter, as in SRe2L's and CV-DD's squeeze code;
+- `schedule`: onecycle (per step) | cosine (per epoch, to 0, after `warmup_epochs` of linear warm-up from
+  `warmup_decay` x lr: torchvision's reference recipe that SRe2L's Tiny teacher used);
+- `augment`: rrc (RandomResizedCrop(`crop_scale`) + flip) | crop (RandomCrop with `pad` px of zero padding +
+  flip, CV-DD's squeeze).
 """
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -18,18 +27,20 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.classification import MulticlassAccuracy
 
+from hald.console import progress_callbacks
 from hald.data.sources import build_source
-from hald.data.transforms import FixedOrder, Reseeded, Transformed, eval_transform, train_transform
+from hald.data.transforms import (FixedOrder, Reseeded, Transformed, eval_transform, pad_crop_transform,
+                                  train_transform)
 from hald.models import build_backbone, save_weights
 from hald.seeding import seed_of
-from hald.train.resume import FiniteLoss, LastCheckpoint, StepSeed, epoch_to_run
+from hald.train.resume import FiniteLoss, LastCheckpoint, StepSeed, epoch_to_run, usable_checkpoint
 
 log = logging.getLogger(__name__)
 
 
 class TeacherModule(L.LightningModule):
     def __init__(self, net: torch.nn.Module, num_classes: int, lr: float, weight_decay: float, epochs: int,
-                 label_smoothing: float = 0.0):
+                 label_smoothing: float = 0.0, recipe: Mapping[str, Any] | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["net"])
         self.net = net
@@ -51,9 +62,49 @@ class TeacherModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        opt = torch.optim.AdamW(self.net.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.lr, total_steps=self.trainer.estimated_stepping_batches)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        r = dict(hp.recipe or {})
+        opt = teacher_optimizer(self.net.parameters(), r, hp.lr, hp.weight_decay)
+        if r.get("schedule", "onecycle") == "onecycle":
+            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=hp.lr,
+                                                        total_steps=self.trainer.estimated_stepping_batches)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+        warm, decay = int(r.get("warmup_epochs", 0)), float(r.get("warmup_decay", 0.01))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: warmup_cosine(e, int(hp.epochs), warm, decay))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+
+OPTIMIZERS, SCHEDULES, AUGMENTS = ("adamw", "sgd", "adam"), ("onecycle", "cosine"), ("rrc", "crop")
+
+
+def check_recipe(cfg: Mapping[str, Any]) -> None:
+    for key, allowed, default in (("optimizer", OPTIMIZERS, "adamw"), ("schedule", SCHEDULES, "onecycle"),
+                                  ("augment", AUGMENTS, "rrc")):
+        if cfg.get(key, default) not in allowed:
+            raise ValueError(f"teacher.squeeze.{key}={cfg.get(key)}; fix: one of {list(allowed)}")
+
+
+def teacher_optimizer(params, recipe: Mapping[str, Any], lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    name = recipe.get("optimizer", "adamw")
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=float(recipe.get("momentum", 0.9)),
+                               nesterov=bool(recipe.get("nesterov", False)), weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+
+
+def warmup_cosine(epoch: int, epochs: int, warmup: int = 0, decay: float = 0.01) -> float:
+    """The lr factor of epoch e: linear from `decay` to 1 over `warmup` epochs (torch LinearLR), then cosine
+    to 0 over the rest (CosineAnnealingLR, T_max = epochs - warmup), both stepped per epoch."""
+    if epoch < warmup:
+        return decay + (1.0 - decay) * epoch / warmup
+    return 0.5 * (1.0 + math.cos(math.pi * (epoch - warmup) / max(1, epochs - warmup)))
+
+
+def teacher_train_transform(dataset: Mapping[str, Any], cfg: Mapping[str, Any]):
+    if cfg.get("augment", "rrc") == "crop":
+        return pad_crop_transform(dataset, int(cfg.get("pad", 4)), float(cfg["flip_p"]))
+    return train_transform(dataset, tuple(cfg["crop_scale"]), float(cfg["flip_p"]))
 
 
 class EpochData(L.LightningDataModule):
@@ -76,12 +127,14 @@ def squeeze(model_name: str, dataset: Mapping[str, Any], cfg: Mapping[str, Any],
 
     work_dir: where the last checkpoint is kept between runs (resume); None = inside out_dir (no resume)."""
     L.seed_everything(seed, workers=True, verbose=False)
-    train = Transformed(build_source(dataset, "train"), train_transform(dataset, tuple(cfg["crop_scale"]),
-                                                                        float(cfg["flip_p"])))
+    check_recipe(cfg)
+    train = Transformed(build_source(dataset, "train"), teacher_train_transform(dataset, cfg))
     test = Transformed(build_source(dataset, "test"), eval_transform(dataset))
     net = build_backbone(model_name, int(dataset["num_classes"]), int(dataset["channels"]), int(dataset["input_size"]))
     module = TeacherModule(net, int(dataset["num_classes"]), float(cfg["lr"]), float(cfg["weight_decay"]),
-                           int(cfg["epochs"]), float(cfg["label_smoothing"]))
+                           int(cfg["epochs"]), float(cfg["label_smoothing"]),
+                           {k: cfg[k] for k in ("optimizer", "momentum", "nesterov", "schedule", "warmup_epochs",
+                                                "warmup_decay") if k in cfg})
     workers = int(cfg["num_workers"])
     work = Path(work_dir) if work_dir is not None else Path(out_dir) / ".work"
     ckpt = LastCheckpoint(work / "last.ckpt")
@@ -89,8 +142,10 @@ def squeeze(model_name: str, dataset: Mapping[str, Any], cfg: Mapping[str, Any],
     world = int(kwargs.get("devices", 1)) * int(kwargs.get("num_nodes", 1)) if kwargs.get("strategy") == "ddp" else 1
     trainer = L.Trainer(max_epochs=int(cfg["epochs"]), logger=False, enable_model_summary=False,
                         reload_dataloaders_every_n_epochs=1, num_sanity_val_steps=0,
-                        callbacks=[ckpt, StepSeed(seed), FiniteLoss("teacher", "lower teacher.squeeze.lr")], **kwargs)
-    resume = (work / "last.ckpt").is_file()
+                        callbacks=[ckpt, StepSeed(seed), FiniteLoss("teacher", "lower teacher.squeeze.lr"),
+                                   *progress_callbacks(kwargs.get("enable_progress_bar", True), f"squeeze {model_name}")],
+                        **kwargs)
+    resume = usable_checkpoint(work / "last.ckpt")[0] is not None
     if resume:
         log.info("squeeze %s: resuming from %s", model_name, work / "last.ckpt")
     trainer.fit(module, datamodule=EpochData(train, int(cfg["batch_size"]) // world, workers, seed),

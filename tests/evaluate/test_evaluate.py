@@ -236,22 +236,24 @@ def test_evaluate_fair_reports_lrs_and_reuses_its_trainings(fast_cfg, caplog):
 
 
 # -- paper-scale experiment configs -------------------------------------------------------------------------------
-PAPER = ["hald_tiny_slc50", "hald_tiny_slc100", "hald_in1k_slc50", "hald_in1k_slc100", "cvdd_tiny", "cvdd_in1k"]
+PAPER = ["hald_tiny_slc50", "hald_tiny_slc100", "hald_in1k_slc50", "hald_in1k_slc100", "hald_in1k_285mb", "cvdd_tiny", "cvdd_in1k"]
 
 
 @pytest.mark.parametrize("name", PAPER)
 def test_paper_config_values(name, tmp_path):
     cfg = compose([f"experiment={name}", "trainer=gpu"], tmp_path)
     assert (cfg.train.epochs, cfg.train.soft_batch_size, cfg.train.hard_batch_size) == (300, 16, 16)
-    assert (cfg.labels.batch_size, cfg.labels.temperature, cfg.ipc) == (16, 20, 10)
+    ipc = 50 if name.endswith("285mb") else 10
+    assert (cfg.labels.batch_size, cfg.labels.temperature, cfg.ipc) == (16, 20, ipc)
     assert cfg.trainer.accelerator == "gpu" and cfg.soft_loss.t2 is False
+    assert cfg.trainer.precision == "32-true"  # fp32 as the official code, also under trainer=gpu
     assert cfg.dataset.name == ("tiny_imagenet" if "tiny" in name else "imagenet1k")
-    assert cfg.model.name == ("resnet18_small" if "tiny" in name else "resnet18")
+    assert cfg.model.name == ("resnet18_cifar" if "tiny" in name else "resnet18_tv")  # the official students
     sched = make_schedule(cfg.schedule.preset, cfg.train.epochs, cfg.schedule.soft_fraction)
     if name.startswith("hald"):
-        assert cfg.slc == (50 if name.endswith("50") else 100)
+        assert cfg.slc == {"50": 50, "00": 100, "mb": 150}[name[-2:]]
         assert sched.timeline() == "soft 0-74 | hard 75-224 | soft 225-299"
-        assert student.resolve_lr(cfg, 10) == (1e-3, 2.0)  # the paper's table at IPC 10
+        assert student.resolve_lr(cfg, ipc) == ((1e-3, 2.0) if ipc == 10 else (1e-3, 1.0))  # the paper's table
         assert cfg.optimizer.on_phase_switch == "keep" and cfg.hard_loss.temperature == 1  # the paper's hard CE
     else:
         assert sched.timeline() == "soft 0-299" and cfg.slc == 3000 and cfg.labels.teacher_mode == "bssl"

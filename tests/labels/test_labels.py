@@ -83,6 +83,39 @@ def test_replay_reproduces_stored_labels(tmp_path, distilled, mode):
     assert torch.equal(item["target"][: len(x0)], store[0].labels)
 
 
+def test_replay_with_the_accelerators_kernel_stays_close_to_stored_labels(tmp_path, distilled, monkeypatch):
+    """Rendering on an accelerator uses the float resize with the CPU's rounding (data/replay._resize); forced
+    on the CPU here, the teacher's labels on its pixels stay close to the stored ones."""
+    from hald.data import replay
+
+    committee = Committee([teacher()], mode="eval")
+    store = open_store_for(make_store(tmp_path, distilled, committee), distilled)
+    cpu_resize = replay._resize
+    monkeypatch.setattr(replay, "_resize", lambda crop, size, uint8_kernel=None: cpu_resize(crop, size, False))
+    worst = 0.0
+    for r in range(store.num_records):
+        rec = store[r]
+        x = render(distilled.images, rec.geometry, 16, torch.tensor(DS["mean"]), torch.tensor(DS["std"]))
+        worst = max(worst, (torch.softmax(committee(x) / 20.0, 1) - rec.labels).abs().max().item())
+    assert worst <= 1e-3
+
+
+def test_store_of_another_format_version_is_refused(tmp_path, distilled, monkeypatch):
+    """Format 2 stores labelled the float roi_align renderer's pixels: replaying them with this renderer would
+    train on labels of other pixels."""
+    from hald.labels import relabel as relabel_module
+    from hald.labels.store import FORMAT_VERSION
+
+    (tmp_path / "new").mkdir(), (tmp_path / "old").mkdir()
+    manifest = LabelStore.open(make_store(tmp_path / "new", distilled, Committee([teacher()]))).manifest
+    assert manifest["format_version"] == FORMAT_VERSION == 3 and "uint8" in manifest["crop"]["interpolation"]
+    with monkeypatch.context() as m:  # a store as the previous hald wrote it
+        m.setattr(relabel_module, "FORMAT_VERSION", 2)
+        old = make_store(tmp_path / "old", distilled, Committee([teacher()]))
+    with pytest.raises(LabelStoreError, match="format version 2, this hald reads 3; fix: relabel"):
+        LabelStore.open(old)
+
+
 def test_bssl_depends_on_batch_and_differs_from_eval():
     net = teacher()
     x = torch.randn(6, 3, 16, 16)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from rich.progress import track
+from hald.console import track
 from hald.data.sources.files import class_folders, is_image
 from hald.errors import InputError
 
@@ -119,10 +119,10 @@ def load_distilled(root: Path | str, classes: list[str], channels: int) -> Disti
     digest = hashlib.sha256()
     check_made_for(root, classes)
     ignored = []
-    for cid, d in enumerate(track(_class_dirs(root, classes), description=f"reading {root.name}", transient=True)):
-        files = [p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")]
-        paths = sorted(p for p in files if is_image(p.name))
-        ignored += [p for p in files if not is_image(p.name)]
+    for cid, d in enumerate(track(_class_dirs(root, classes), f"reading {root.name}")):
+        entries = [p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")]
+        paths = sorted(p for p in entries if is_image(p.name))
+        ignored += [p for p in entries if not is_image(p.name)]
         if not paths:
             raise DistilledError(f"distilled folder '{d}' (class {cid}) has no images; fix: add its images or "
                                  f"use a complete set")
@@ -137,6 +137,12 @@ def load_distilled(root: Path | str, classes: list[str], channels: int) -> Disti
     if ignored:
         log.warning("distilled folder '%s': ignored %d file(s) that are not images by name (e.g. '%s'); they "
                     "are not part of the set or its sha256", root, len(ignored), ignored[0].relative_to(root))
+    counts = torch.bincount(torch.tensor(targets), minlength=len(classes))
+    if int(counts.min()) != int(counts.max()):  # slc = SLI x ipc per class holds only when every class has ipc
+        few, many = int(counts.argmin()), int(counts.argmax())
+        raise DistilledError(f"distilled folder '{root}' has uneven classes: class {classes[few]} has "
+                             f"{int(counts[few])} images, class {classes[many]} {int(counts[many])} (slc and ipc are "
+                             f"per class); fix: give every class the same number of images")
     sizes = {a.shape[:2] for a in arrays}
     if len(sizes) > 1:
         raise DistilledError(f"distilled folder '{root}' mixes image sizes {sorted(sizes)[:3]}; replay needs one "
@@ -149,7 +155,7 @@ def load_distilled(root: Path | str, classes: list[str], channels: int) -> Disti
 def write_imagefolder(root: Path, images: torch.Tensor, targets: torch.Tensor) -> None:
     """Write uint8 [N, C, H, W] images as lossless PNGs into 5-digit class folders (sorted order = class id)."""
     counters: dict[int, int] = {}
-    for img, t in track(list(zip(images, targets.tolist())), description="writing PNGs", transient=True):
+    for img, t in track(list(zip(images, targets.tolist())), "writing PNGs"):
         k = counters.get(t, 0)
         counters[t] = k + 1
         save_png(img, Path(root) / f"{t:05d}" / f"{k:05d}.png")

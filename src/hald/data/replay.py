@@ -1,8 +1,10 @@
 """Recorded augmentations: sample the crop/flip/CutMix geometry of a relabel pass, and render it.
 
 `render` is the one function that turns stored geometry into pixels. Relabel calls it to make the batch the
-teacher labels; the training loader calls it to replay a stored batch. Same function, same inputs, same
-pixels: replay is exact by construction (a test checks it by running the teacher again).
+teacher labels; training calls it to replay a stored batch (in the loader, or on the accelerator after the
+batch transfer: train.images_on_device) and to make the hard epochs' fresh crops (`draw_crop`). Same
+function, same inputs, same pixels: replay is exact by construction (a test checks it by running the teacher
+again).
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torchvision.ops import roi_align
+import torch.nn.functional as F
 from torchvision.transforms import RandomResizedCrop
 
 
@@ -51,6 +53,16 @@ def sample_pass(n_images: int, image_hw: tuple[int, int], batch_size: int, out_s
     return batches
 
 
+def draw_crop(image_hw: tuple[int, int], scale: tuple[float, float], ratio: tuple[float, float] = (3 / 4, 4 / 3),
+              flip_p: float = 0.5) -> tuple[list[int], bool]:
+    """One RandomResizedCrop box (top, left, height, width) and flip from the global RNG, with the calls and the
+    order of torchvision's v2 RandomResizedCrop + RandomHorizontalFlip: hard epochs draw the crops they drew
+    when they used those transforms. The caller seeds it (data.transforms.Reseeded, per item)."""
+    h, w = image_hw
+    box = RandomResizedCrop.get_params(torch.empty(1, 1, 1).expand(1, h, w), list(scale), list(ratio))
+    return list(box), bool(torch.rand(1) < flip_p)
+
+
 def _cutmix_params(b: int, size: int, alpha: float | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Partner permutation and box for one batch; lambda ~ Beta(alpha, alpha), box area ~ 1 - lambda.
 
@@ -67,39 +79,54 @@ def _cutmix_params(b: int, size: int, alpha: float | None) -> tuple[torch.Tensor
     return torch.randperm(b).to(torch.int16), torch.tensor([y1, x1, y2, x2], dtype=torch.int16)
 
 
-def render(images: torch.Tensor, g: Geometry, out_size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Pixels of a stored batch: crop+resize (bilinear, area-averaged when shrinking), flip, normalise, CutMix.
+def render_layout(images: torch.Tensor) -> torch.Tensor:
+    """`images` in the memory layout `render` is fastest on: channels-last (the CPU's uint8 antialiased kernel
+    works on interleaved pixels and would otherwise convert every crop; measured 2x on RGB at 224 px). The
+    pixels do not depend on the layout; a no-op when the images already have it."""
+    return images.contiguous(memory_format=torch.channels_last)
 
-    images: uint8 [N, C, H, W], the whole distilled set (all images one size). Returns float32 [b, C, S, S].
-    Vectorised over the batch: one roi_align call does every per-image crop and resize.
+
+def _resize(crop: torch.Tensor, size: int, uint8_kernel: bool | None = None) -> torch.Tensor:
+    """Bilinear resize of one crop [1, C, h, w] to size x size, area-averaged when shrinking (antialias), as
+    integer pixel values: uint8 on the CPU, float holding integers elsewhere.
+
+    The CPU has a uint8 antialiased kernel (horizontal pass, rounding, vertical pass, rounding; fixed-point
+    weights), several times faster than float. Other devices have only the float kernel: it runs the same two
+    passes and rounds after each, which matches the CPU's pixels except ~1.5% of them by 1-2 levels of 255
+    (tests/data/test_replay.py measures it), so replay on an accelerator stays within that of the relabel pixels.
+    uint8_kernel: None = the CPU's kernel on the CPU (False forces the accelerators' one, for that test).
     """
-    x = images[g.index.long()].float().div_(255.0)
-    b = x.shape[0]
-    top, left, hgt, wid = g.box.float().unbind(1)
-    rois = torch.stack([torch.arange(b, dtype=torch.float32), left, top, left + wid, top + hgt], dim=1)
-    # aligned=True puts sample points at pixel centres (the align_corners=False convention of resize);
-    # sampling_ratio=-1 averages ceil(box/out) samples per output pixel, which anti-aliases downscaling.
-    x = roi_align(x, rois.to(x.dtype), output_size=(out_size, out_size), spatial_scale=1.0,
-                  sampling_ratio=-1, aligned=True)
-    flip = g.flip.bool()
-    if flip.any():  # in place and only the flipped rows: the renderer runs in every loader worker
-        x[flip] = x[flip].flip(-1)
-    x.sub_(mean.view(1, -1, 1, 1)).div_(std.view(1, -1, 1, 1))
-    y1, x1, y2, x2 = (int(v) for v in g.mix_box)
-    if y2 > y1 and x2 > x1:
-        x[:, :, y1:y2, x1:x2] = x[g.mix_perm.long(), :, y1:y2, x1:x2].clone()
+    h, w = crop.shape[-2:]
+    if (h, w) == (size, size):
+        return crop
+    if crop.device.type == "cpu" if uint8_kernel is None else uint8_kernel:
+        return F.interpolate(crop, size=(size, size), mode="bilinear", antialias=True)
+    x = crop.float()
+    if w != size:  # bilinear weights are non-negative and sum to 1: no clamp needed after rounding
+        x = F.interpolate(x, size=(h, size), mode="bilinear", antialias=True).round_()
+    if h != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True).round_()
     return x
 
 
-def render_loop(images: torch.Tensor, g: Geometry, out_size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
-    """Reference per-image version of `render` (one crop at a time); used by tests and the benchmark only."""
-    rows = []
-    for k in range(len(g)):
-        one = Geometry(index=g.index[k:k + 1], box=g.box[k:k + 1], flip=g.flip[k:k + 1],
-                       mix_perm=torch.zeros(1, dtype=torch.int16), mix_box=torch.zeros(4, dtype=torch.int16))
-        rows.append(render(images, one, out_size, mean, std))
-    x = torch.cat(rows)
+def render(images: torch.Tensor, g: Geometry, out_size: int, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """Pixels of a stored batch: crop+resize (bilinear, antialiased), flip, CutMix, normalise.
+
+    images: uint8 [N, C, H, W], the whole distilled set (all images one size), on the device that renders
+    (channels-last is fastest: `render_layout`). g: on the host (its integers drive the per-image loop).
+    Returns float32 [b, C, S, S] on the images' device.
+    Per image, the resize writes integer pixels into one batch buffer (uint8 on the CPU); flip and CutMix move
+    those integers, and the batch is converted to float and normalised once: the per-image work is the resize
+    alone. CutMix before normalising equals CutMix after it (the normalisation is per channel).
+    """
+    dev, b, c = images.device, len(g), images.shape[1]
+    buf = torch.empty(b, c, out_size, out_size, device=dev,
+                      dtype=torch.uint8 if dev.type == "cpu" else torch.float32)
+    for k, (i, (top, left, h, w), flip) in enumerate(zip(g.index.tolist(), g.box.tolist(), g.flip.tolist())):
+        y = _resize(images[i:i + 1, :, top:top + h, left:left + w], out_size)[0]
+        buf[k] = y.flip(-1) if flip else y
     y1, x1, y2, x2 = (int(v) for v in g.mix_box)
-    if y2 > y1 and x2 > x1:
-        x[:, :, y1:y2, x1:x2] = x[g.mix_perm.long(), :, y1:y2, x1:x2].clone()
-    return x
+    if y2 > y1 and x2 > x1:  # the right side is an indexed copy: partners are read before any is overwritten
+        buf[:, :, y1:y2, x1:x2] = buf[g.mix_perm.to(dev, torch.long), :, y1:y2, x1:x2]
+    mean, std = mean.to(dev, torch.float32).view(1, -1, 1, 1), std.to(dev, torch.float32).view(1, -1, 1, 1)
+    return buf.to(torch.float32).mul_(1.0 / (255.0 * std)).add_(-mean / std)

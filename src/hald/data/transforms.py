@@ -17,6 +17,16 @@ def train_transform(ds: Any, scale: tuple[float, float] = (0.08, 1.0), flip_p: f
     ])
 
 
+def pad_crop_transform(ds: Any, pad: int = 4, flip_p: float = 0.5) -> v2.Compose:
+    """RandomCrop(input size, padding=pad, zeros) + flip: the CIFAR-style teacher augmentation of CV-DD's squeeze."""
+    return v2.Compose([
+        v2.RandomCrop(ds["input_size"], padding=int(pad)),
+        v2.RandomHorizontalFlip(flip_p),
+        v2.ToDtype(torch.float32, scale=True),
+        v2.Normalize(list(ds["mean"]), list(ds["std"])),
+    ])
+
+
 def eval_transform(ds: Any) -> v2.Compose:
     """ImageNet-style datasets: Resize(test_resize) + CenterCrop(input); small datasets: images as they are."""
     size = ds["input_size"]

@@ -8,3 +8,18 @@
 """
 from hald.distill.registry import CHECKS, COLLECTIVE, METHODS, check_method, register  # noqa: F401
 from hald.distill import subset, rded, recover  # noqa: F401,E402  (importing registers the methods)
+
+
+def real_images_needed(dcfg, dataset) -> int:
+    """Real training images per class that a method must find (pre-flight checks the train split against it,
+    before any teacher is trained): `random` takes ipc of them, RDED tiles ipc * factor^2 crops of distinct
+    images, SRe2L++ / CV-DD initialise from RDED; SRe2L starts from noise."""
+    ipc = int(dcfg.get("ipc") or 0)
+    size = int(dataset["input_size"])
+    if dcfg["method"] == "random":
+        return ipc
+    if dcfg["method"] == "rded":
+        return ipc * rded.resolve_factor(dcfg.get("factor", "auto"), size) ** 2
+    if dcfg["method"] in ("sre2l", "sre2lpp", "cvdd") and dcfg.get("init") == "rded":
+        return ipc * rded.resolve_factor((dcfg.get("rded") or {}).get("factor", "auto"), size) ** 2
+    return 0

@@ -2,7 +2,8 @@
 
 RandomResizedCrop back to the input size (torchvision's parameter sampler and functional op), a horizontal
 flip with probability flip_p (0 on digits: a mirrored digit is another glyph), then a circular roll by
-(o1, o2) drawn from [0, jitter] (CV-DD's range; SRe2L used [-jitter, jitter]). Random numbers come from
+(o1, o2) drawn from [0, jitter] (CV-DD's and SRe2L's range: `random.randint(0, lim)` in SRe2L
+recover/data_synthesis.py:62-63). Random numbers come from
 the global CPU generator, which recover seeds per unit inside `torch.random.fork_rng`.
 """
 from __future__ import annotations

@@ -29,7 +29,8 @@ def make_fabric(trainer_kwargs: Mapping[str, Any] | None, devices: int = 1):
 
 def load_pool_teacher(teacher: Mapping[str, Any], dataset: Mapping[str, Any], device: torch.device) -> nn.Module:
     """A frozen teacher in eval mode (BatchNorm uses running statistics: they are recover's targets)."""
-    pretrained = teacher.get("source") if teacher.get("source") == "torchvision" else None
+    source = str(teacher.get("source") or "")
+    pretrained = source if source.startswith("torchvision") else None  # torchvision:<weights enum>
     net = load_teacher(teacher["name"], int(dataset["num_classes"]), int(dataset["channels"]),
                        int(dataset["input_size"]), teacher.get("weights"), pretrained)
     return net.to(device).eval().requires_grad_(False)

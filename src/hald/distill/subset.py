@@ -5,9 +5,10 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
-from rich.progress import track
 from torchvision.transforms import v2
 
+from hald.console import track
+from hald.distill.runtime import save_grid
 from hald.data.distilled import write_imagefolder
 from hald.data.sources import ImageSource
 from hald.distill.registry import register
@@ -35,9 +36,12 @@ def distill_random(source: ImageSource, dataset: Mapping[str, Any], ipc: int, se
     fit = v2.Compose([v2.Resize(size, antialias=True), v2.CenterCrop(size)])
     chosen = select_random(source.targets, int(dataset["num_classes"]), ipc, seed)
     imgs = []
-    for i in track(chosen, description="random subset", transient=True):
+    for i in track(chosen, "random subset"):
         img, _ = source[i]
         imgs.append(img if tuple(img.shape[1:]) == (size, size) else fit(img))
     targets = torch.tensor([source.targets[i] for i in chosen])
     write_imagefolder(Path(out_dir) / "images", torch.stack(imgs), targets)
-    return {"method": "random", "ipc": ipc, "seed": seed, "source_indices": chosen, "images_dir": "images"}
+    by_class = torch.stack(imgs)[targets.argsort(stable=True)]  # rows = classes, as every method's preview
+    save_grid(Path(out_dir) / "grid.png", by_class.view(-1, ipc, *by_class.shape[1:]), per_row=ipc)
+    return {"method": "random", "ipc": ipc, "seed": seed, "source_indices": chosen, "images_dir": "images",
+            "grid": "grid.png"}

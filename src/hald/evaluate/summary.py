@@ -15,6 +15,19 @@ def _fmt_bytes(n: int) -> str:
     return str(n)
 
 
+def best_every(eval_log: list[dict[str, Any]], every: int, total_epochs: int) -> dict[str, Any] | None:
+    """The papers' reported metric: the best test top-1 over the evaluations at epochs 0, N, 2N, ... and the
+    last (HALD / CV-DD validate/train_fkd.py: `epoch % 10 == 0 or epoch == epochs - 1`, best_acc1), without
+    the extra phase-end evaluations. None when train.eval_every is 0."""
+    if every <= 0:
+        return None
+    chosen = [e for e in eval_log if e["epoch"] % every == 0 or e["epoch"] == total_epochs - 1]
+    if not chosen:
+        return None
+    best = max(chosen, key=lambda e: e["top1"])
+    return {"every": every, "top1": best["top1"], "epoch": best["epoch"], "evaluations": len(chosen)}
+
+
 def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     rows = []
     for t in s["teachers"]:
@@ -25,6 +38,9 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
                     f"{'  [images reused]' if s['images_reused'] else ''}"),
         ("student top-1 / top-5 (test, final epoch)", f"{s['top1']:.2f}% / {s['top5']:.2f}%"),
         ("student best top-1 (logged at eval epochs)", f"{s['top1_best']:.2f}%" if s["top1_best"] is not None else "-"),
+        *([(f"student best top-1 of the evaluations every {b['every']} epochs (the papers' metric)",
+            f"{b['top1']:.2f}% at epoch {b['epoch']} (of {b['evaluations']} evaluations)")]
+          if (b := s.get("top1_best_every")) else []),
         ("labels stored", f"SLC={s['slc']}  SLI={s['sli']}{'  [reused]' if s['labels_reused'] else ''}"),
         ("label bytes on disk", f"{s['label_bytes']:,} B ({_fmt_bytes(s['label_bytes'])})"
                                 + (f" of a {s['label_budget']:,} B budget" if s.get("label_budget") else "")

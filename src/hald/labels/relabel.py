@@ -27,9 +27,11 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from hald import dist
+from hald.console import progress_callbacks
 from hald.data.distilled import DistilledImages
-from hald.data.replay import Geometry, render, sample_pass
+from hald.data.replay import Geometry, render, render_layout, sample_pass
 from hald.artifacts import build_manifest, manifest_size
+from hald.errors import DivergedError
 from hald.labels.budget import Plan
 from hald.labels.store import FORMAT_VERSION, shard_name, write_shard
 from hald.models.teachers import Committee
@@ -66,27 +68,52 @@ def groups_per_forward(value: Any, accelerator: str) -> int:
     return 1 if on_cpu else 8
 
 
-def label_groups(committee: Committee, xs: list[torch.Tensor], temperature: float) -> list[torch.Tensor]:
-    """Soft labels of each stored batch in xs, computed in as few forwards as the teacher mode allows."""
+def check_bssl_group(value: Any, batch_size: int) -> int | None:
+    """`labels.bssl_group_size`: null = BatchNorm statistics over each whole stored batch (HALD's BSSL), or a
+    divisor of the stored batch size (CV-DD: 8, its relabel forwards each batch of 16 as two halves)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not str(value).isdigit() or int(value) < 1 or int(batch_size) % int(value):
+        raise ValueError(f"labels.bssl_group_size={value} with labels.batch_size={batch_size}; fix: null (the whole "
+                         f"stored batch) or a divisor of the batch size (CV-DD: 8 of 16)")
+    return int(value)
+
+
+def bssl_logits(committee: Committee, chunks: list[torch.Tensor]) -> torch.Tensor:
+    """Committee logits of each chunk with BatchNorm statistics of that chunk alone, chunks of one size
+    stacked into one forward (ghost batch norm), in the chunks' order."""
+    out: list[torch.Tensor | None] = [None] * len(chunks)
+    by_size: dict[int, list[int]] = {}
+    for i, c in enumerate(chunks):
+        by_size.setdefault(len(c), []).append(i)
+    for size, ids in by_size.items():
+        z = committee(torch.cat([chunks[i] for i in ids]), groups=len(ids))
+        for i, zi in zip(ids, z.split(size)):
+            out[i] = zi
+    return torch.cat(out)
+
+
+def label_groups(committee: Committee, xs: list[torch.Tensor], temperature: float,
+                 bn_group: int | None = None) -> list[torch.Tensor]:
+    """Soft labels of each stored batch in xs, computed in as few forwards as the teacher mode allows.
+
+    BSSL: BatchNorm statistics per stored batch, or per consecutive group of `bn_group` images of it
+    (CV-DD: two halves of 8 of each batch of 16; a short last batch is cut the same way)."""
     sizes = [len(x) for x in xs]
     if committee.mode == "eval":
         z = committee(torch.cat(xs))
     else:
-        z = []
-        same = [x for x in xs if len(x) == sizes[0]]  # a short last batch gets its own forward
-        z.append(committee(torch.cat(same), groups=len(same)))
-        z += [committee(x) for x in xs[len(same):]]
-        z = torch.cat(z)
+        z = bssl_logits(committee, [c for x in xs for c in (x.split(bn_group) if bn_group else (x,))])
     return list(torch.softmax(z / temperature, dim=1).cpu().split(sizes))
 
 
 class Labeller(L.LightningModule):
-    def __init__(self, committee: Committee, temperature: float):
+    def __init__(self, committee: Committee, temperature: float, bn_group: int | None = None):
         super().__init__()
-        self.committee, self.temperature = committee, temperature
+        self.committee, self.temperature, self.bn_group = committee, temperature, bn_group
 
     def predict_step(self, xs: list[torch.Tensor], batch_idx: int) -> list[torch.Tensor]:
-        return label_groups(self.committee, xs, self.temperature)
+        return label_groups(self.committee, xs, self.temperature, self.bn_group)
 
 
 def store_fields(plan: Plan, cfg: Mapping[str, Any], dataset: Mapping[str, Any], *, num_images: int, ipc: int,
@@ -100,9 +127,11 @@ def store_fields(plan: Plan, cfg: Mapping[str, Any], dataset: Mapping[str, Any],
         "num_classes": c, "classes": list(classes), "images_sha256": images_sha256,
         "codec": plan.codec.spec(), "label_budget": plan.budget,
         "temperature": float(cfg["temperature"]), "teacher_mode": teacher_mode,
+        "bssl_group_size": cfg.get("bssl_group_size") if teacher_mode == "bssl" else None,
         "teacher_weights": [round(float(w), 6) for w in teacher_weights],
         "crop": {"size": int(dataset["input_size"]), "scale": list(cfg["crop_scale"]),
-                 "ratio": list(cfg["crop_ratio"]), "interpolation": "bilinear (roi_align, aligned)"},
+                 "ratio": list(cfg["crop_ratio"]),
+                 "interpolation": "bilinear, antialiased, uint8 per image (replay.render)"},
         "flip_p": float(cfg["flip_p"]),
         "mix": {"type": "cutmix" if cfg["cutmix_alpha"] else "none", "alpha": cfg["cutmix_alpha"]},
         "seed": int(cfg["seed"]), "seed_rule": "pass p uses seed + p",
@@ -140,20 +169,25 @@ def relabel(distilled: DistilledImages, committee: Committee, plan: Plan, cfg: M
     todo = [p for p in mine if not store.is_done(shard_name(p))]
     if len(todo) < len(mine):
         log.info("relabel: %d pass(es) finished before (resume), %d to do", len(mine) - len(todo), len(todo))
-    labeller = Labeller(committee, float(cfg["temperature"]))
+    labeller = Labeller(committee, float(cfg["temperature"]), check_bssl_group(cfg.get("bssl_group_size"), bsz))
     per_forward = groups_per_forward(cfg.get("groups_per_forward", "auto"),
                                      (trainer_kwargs or {}).get("accelerator", "auto"))
+    kwargs = dict(trainer_kwargs or {})
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_model_summary=False,
-                        **dict(trainer_kwargs or {}))
+                        callbacks=progress_callbacks(kwargs.get("enable_progress_bar", True), "relabel"), **kwargs)
+    images = render_layout(distilled.images)  # once, for every pass: the layout render is fastest on
     for p in todo:
         batches = sample_pass(len(distilled), distilled.hw, bsz, int(dataset["input_size"]),
                               seed=int(cfg["seed"]) + p, scale=tuple(cfg["crop_scale"]),
                               ratio=tuple(cfg["crop_ratio"]), flip_p=float(cfg["flip_p"]),
                               cutmix_alpha=cfg["cutmix_alpha"])
-        data = PassDataset(distilled.images, batches, int(dataset["input_size"]), dataset["mean"], dataset["std"],
+        data = PassDataset(images, batches, int(dataset["input_size"]), dataset["mean"], dataset["std"],
                            per_forward)
         loader = DataLoader(data, batch_size=None, num_workers=int(cfg["num_workers"]))
         labels = [lab for group in trainer.predict(labeller, loader) for lab in group]
+        if not all(torch.isfinite(lab).all() for lab in labels):  # never write (and mark done) NaN labels
+            raise DivergedError(f"relabel pass {p}: the teacher's soft labels are not finite (NaN or inf); fix: "
+                                f"check the teacher (its weights, labels.temperature={cfg['temperature']})")
         store.root.mkdir(parents=True, exist_ok=True)
         entry = write_shard(store.root / shard_name(p), batches, labels, plan.codec, p, len(distilled))
         store.commit(shard_name(p), [shard_name(p)], {"shard": entry, "rank": dist.rank()})

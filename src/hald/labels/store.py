@@ -33,7 +33,9 @@ from hald.data.distilled import DistilledImages
 from hald.data.replay import Geometry
 from hald.labels.codecs import Codec, pack_bits, unpack_bits
 
-FORMAT_VERSION = 2
+# 3: pixels from the uint8 antialiased per-image renderer (2 was float roi_align): a store of another version
+# labels other pixels, so it is refused (LabelStore.open), and its cache key differs (pipeline/stages.py).
+FORMAT_VERSION = 3
 # One metadata entry: safetensors writes several in hash order, which differs between processes, and a shard
 # must be the same bytes however and wherever it was made (resume, DDP ranks).
 SHARD_METADATA = {"format": f"hald-label-store/{FORMAT_VERSION}"}
@@ -149,7 +151,8 @@ class LabelStore:
         try:
             manifest = read_manifest(path)
         except ArtifactError as e:
-            raise LabelStoreError(f"label store: {e}") from None
+            raise LabelStoreError(f"label store: {_cause(e)}; fix: pass an intact copy of the store, or relabel "
+                                  f"(labels.store=null)") from None
         if manifest.get("stage") != "relabel":
             raise LabelStoreError(f"'{path}' is not a label store (stage={manifest.get('stage')}); fix: pass "
                                   f"the directory relabel wrote")
@@ -165,7 +168,8 @@ class LabelStore:
         try:  # sizes always; sha256 of every shard when deep (a flipped bit is caught before training)
             verify(path, deep=deep)
         except ArtifactError as e:
-            raise LabelStoreError(f"label store: {e}") from None
+            raise LabelStoreError(f"label store: {_cause(e)}; fix: pass an intact copy of the store, or relabel "
+                                  f"(labels.store=null)") from None
         return cls(path, manifest)
 
     @property
@@ -228,6 +232,10 @@ def check_soft_batch(soft_batch_size: int, stored_batch_size: int) -> None:
 def store_bytes(path: Path) -> int:
     """Everything the store occupies on disk (shards + manifest)."""
     return sum(f.stat().st_size for f in Path(path).iterdir() if f.is_file())
+
+
+def _cause(e: Exception) -> str:
+    return str(e).split("; fix:")[0]
 
 
 def _short(v: Any) -> str:

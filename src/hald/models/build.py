@@ -9,8 +9,19 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
+from hald.artifacts import atomic_write
+
 # Models whose constructor needs the input side (the ConvNet's linear head depends on it).
 _NEEDS_IMG_SIZE = ("convnet",)
+
+
+def backbone_kwargs(name: str, num_classes: int, in_chans: int, img_size: int) -> dict[str, Any]:
+    """The `timm.create_model(name, **kwargs)` arguments of a backbone: what an exported student records, so
+    timm alone rebuilds it outside hald."""
+    kwargs: dict[str, Any] = {"num_classes": int(num_classes), "in_chans": int(in_chans)}
+    if name.startswith(_NEEDS_IMG_SIZE):
+        kwargs["img_size"] = int(img_size)
+    return kwargs
 
 
 def build_backbone(name: str, num_classes: int, in_chans: int, img_size: int, **kwargs: Any) -> nn.Module:
@@ -19,15 +30,15 @@ def build_backbone(name: str, num_classes: int, in_chans: int, img_size: int, **
         close = timm.list_models(f"*{name.split('_')[0]}*")[:8]
         raise ValueError(f"unknown backbone '{name}'; similar names in timm's registry: {close}; "
                          f"fix: model.name=<one of timm.list_models()>")
-    if name.startswith(_NEEDS_IMG_SIZE):
-        kwargs["img_size"] = img_size
-    return timm.create_model(name, pretrained=False, num_classes=num_classes, in_chans=in_chans, **kwargs)
+    return timm.create_model(name, pretrained=False, **backbone_kwargs(name, num_classes, in_chans, img_size),
+                             **kwargs)
 
 
 def save_weights(model: nn.Module, path: Path) -> None:
     # safetensors: no pickle, so loading a teacher never executes code from the checkpoint.
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(state, str(path))
+    with atomic_write(path) as tmp:
+        save_file(state, str(tmp))
 
 
 def load_weights(model: nn.Module, path: Path) -> nn.Module:
@@ -48,21 +59,45 @@ def load_weights(model: nn.Module, path: Path) -> nn.Module:
     return model
 
 
+def torchvision_weights(pretrained: str) -> str:
+    """`torchvision:IMAGENET1K_V1` -> "IMAGENET1K_V1": the weights enum is always named. A bare `torchvision`
+    is refused: torchvision's DEFAULT is IMAGENET1K_V2 for ResNet-50 / MobileNetV2 (other numbers), while HALD
+    and CV-DD load IMAGENET1K_V1 (`load_online_model` in both repos)."""
+    kind, _, enum = str(pretrained).partition(":")
+    if kind != "torchvision" or not enum:
+        raise ValueError(f"teacher.pretrained={pretrained!r}; fix: torchvision:IMAGENET1K_V1 (the weights the papers "
+                         f"used) or another torchvision weights name, e.g. torchvision:IMAGENET1K_V2")
+    return enum
+
+
 def load_teacher(name: str, num_classes: int, in_chans: int, img_size: int, checkpoint: str | None = None,
                  pretrained: str | None = None) -> nn.Module:
-    """A teacher in eval mode: from a local checkpoint, or torchvision's ImageNet-1K weights (downloads)."""
-    if pretrained == "torchvision":
+    """A teacher in eval mode: from a local checkpoint, or torchvision's ImageNet-1K weights named by their
+    enum (`pretrained="torchvision:IMAGENET1K_V1"`; downloads once)."""
+    if pretrained:
         import torchvision
 
+        enum = torchvision_weights(pretrained)
         if num_classes != 1000:
             raise ValueError(f"torchvision pretrained weights are ImageNet-1K (1000 classes), dataset has "
                              f"{num_classes}; fix: train teachers with squeeze or pass teacher.checkpoints")
-        model = torchvision.models.get_model(name, weights="DEFAULT")
+        model = torchvision.models.get_model(name, weights=enum)
     else:
         model = build_backbone(name, num_classes, in_chans, img_size)
         if checkpoint is not None:
             load_weights(model, Path(checkpoint))
+            check_finite(model, f"teacher checkpoint '{checkpoint}'")
     return model.eval()
+
+
+def check_finite(model: nn.Module, what: str) -> None:
+    """Weights with NaN or inf would label everything NaN; refused before they are used (or saved)."""
+    from hald.errors import ConfigError
+
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ConfigError(f"{what} has non-finite values in {bad[0]} ({len(bad)} tensor(s)); fix: pass an intact "
+                          f"checkpoint (or retrain the teacher)")
 
 
 def checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:

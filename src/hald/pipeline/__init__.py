@@ -21,8 +21,9 @@ from hald.pipeline.cache import Context
 from hald.pipeline.evaluate import stage_evaluate
 from hald.pipeline.preflight import preflight
 from hald.pipeline.priors import stage_priors
-from hald.pipeline.stages import images_and_labels, needs_priors, squeeze_teachers, stage_squeeze
+from hald.pipeline.stages import images_and_labels, needs_priors, needs_teacher, squeeze_teachers, stage_squeeze
 from hald.pipeline.student import stage_train
+from hald.pipeline.tracking import log_run_end
 
 
 def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
@@ -33,12 +34,13 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
     out_dir = out_dir or output_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx = Context(cfg, Path(cfg.paths.cache_dir).expanduser().resolve())
-    teachers = stage_squeeze(ctx)
+    teachers = stage_squeeze(ctx) if needs_teacher(cfg) else []
     pool = squeeze_teachers(ctx, cfg.distill.pool) if cfg.distill.get("pool") else None  # a committee's own
     priors = stage_priors(ctx, pool, teachers) if pool and needs_priors(cfg.distill) else None
     made = images_and_labels(ctx, teachers, priors, folder_images)
     preview = distilled_preview(made, out_dir)
-    result = stage_train(ctx, made["images"], made["store"], out_dir, preview=preview)
+    lineage = {"teachers": {t["name"]: t["key"] for t in teachers}, "images": made["image_key"]}
+    result = stage_train(ctx, made["images"], made["store"], out_dir, preview=preview, lineage=lineage)
     is_global_zero = result.pop("is_global_zero")
     result.update(stage_evaluate(ctx, teachers, made, result, out_dir))
     summary = {
@@ -52,6 +54,7 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
     if is_global_zero:
         artifacts.write_json_atomic(out_dir / "results.json", summary)
         print_summary(summary)
+        log_run_end(summary)
     return summary
 
 

@@ -63,11 +63,17 @@ def cached(ctx: Context, stage: str, key: str, config: Any, upstream: dict[str, 
     every rank with nothing half-written."""
     path = ctx.cache / stage / key
     t0 = time.time()
-    if dist.broadcast(artifacts.is_complete(path)):
+    problem = dist.broadcast(artifacts.problem(path) if dist.rank() == 0 else None)
+    if problem is None:
         log.info("%s: reused %s", stage, path)
         return Artifact(stage, key, path, artifacts.read_manifest(path), reused=True)
-    log.info("%s: building %s", stage, path)
     artifacts.check_writable(path.parent)
+    if problem != "absent":  # never trust a cached artifact that fails its check: set it aside and rebuild
+        log.warning("%s: cached %s failed its check, rebuilding: %s", stage, path, problem.split("; fix:")[0])
+        if dist.rank() == 0:
+            artifacts.set_aside(path)
+        dist.barrier()
+    log.info("%s: building %s", stage, path)
 
     def run_build(tmp: Path) -> dict[str, Any] | None:
         fields, error = None, None

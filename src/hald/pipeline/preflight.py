@@ -2,23 +2,26 @@
 stops with one "cause; fix:" line instead of after hours of squeeze or recover."""
 from __future__ import annotations
 
+import logging
+from collections import Counter
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from hald import dist
 from hald.data.distilled import DistilledImages, load_distilled
-from hald.data.sources import check_source, class_names
-from hald.distill import check_method
+from hald.data.sources import build_source, check_source, class_names
+from hald.distill import check_method, real_images_needed
 from hald.errors import ConfigError, InputError
 from hald.labels.budget import plan_passes
-from hald.labels.relabel import groups_per_forward
-from hald.labels.store import check_soft_batch
-from hald.models.build import check_checkpoint
+from hald.labels.relabel import check_bssl_group, groups_per_forward
+from hald.labels.store import LabelStore, check_soft_batch, open_store_for
+from hald.models.build import check_checkpoint, torchvision_weights
 from hald.pipeline.stages import needs_priors, plan_relabel
 from hald.train.callbacks import ON_SWITCH
 from hald.train.schedule import make_schedule
 
+log = logging.getLogger("hald")
 TOP_LEVEL_KEYS = {"dataset", "model", "teacher", "distill", "labels", "schedule", "train", "soft_loss", "hard_loss",
                   "optimizer", "trainer", "logger", "paths", "seed", "ipc", "slc", "label_budget", "task_name", "tags",
                   "hydra", "experiment", "local", "evaluate", "student"}
@@ -29,13 +32,16 @@ def preflight(cfg: DictConfig) -> DistilledImages | None:
     unknown = sorted(set(cfg.keys()) - TOP_LEVEL_KEYS)
     if unknown:
         raise ConfigError(f"unknown config key(s) {unknown}; fix: remove them (see conf/config.yaml for the keys)")
+    check_added_keys(added_keys())
     check_source(cfg.dataset)
     if cfg.optimizer.on_phase_switch not in ON_SWITCH:
         raise ConfigError(f"optimizer.on_phase_switch={cfg.optimizer.on_phase_switch}; fix: one of {ON_SWITCH}")
+    check_counts(cfg)
     try:
-        make_schedule(cfg.schedule.preset, int(cfg.train.epochs), float(cfg.schedule.soft_fraction))
+        make_schedule(cfg.schedule.preset, int(cfg.train.epochs), float(cfg.schedule.soft_fraction), 1,
+                      cfg.schedule.get("pool", "run"))
     except ValueError as e:
-        raise ConfigError(str(e)) from None
+        raise ConfigError(f"schedule {cfg.schedule.preset} over train.epochs={cfg.train.epochs}: {e}") from None
     images = None
     if cfg.distill.method == "folder":
         if OmegaConf.is_missing(cfg.distill, "path") or not cfg.distill.get("path"):
@@ -44,6 +50,10 @@ def preflight(cfg: DictConfig) -> DistilledImages | None:
                                 int(cfg.dataset.channels))
     if cfg.labels.store is None:
         check_labels(cfg, images)
+    else:
+        adopt_store(cfg, explicit_keys())
+        if images is not None:  # distill=folder: the store must label exactly these images, before any work
+            open_store_for(Path(cfg.labels.store).expanduser(), images, cfg.dataset)
     check_teachers(cfg.teacher, "teacher", cfg.dataset)
     if dist.wants_ddp(cfg.trainer):
         world = int(cfg.trainer.devices) * int(cfg.trainer.get("num_nodes", 1))
@@ -51,7 +61,9 @@ def preflight(cfg: DictConfig) -> DistilledImages | None:
             raise ConfigError(f"teacher.squeeze.batch_size={cfg.teacher.squeeze.batch_size} is the global batch and "
                               f"must split evenly over {world} DDP processes; fix: a multiple of {world}")
     if cfg.distill.method != "folder":
-        check_method(OmegaConf.to_container(cfg.distill, resolve=True), cfg.dataset)
+        dcfg = OmegaConf.to_container(cfg.distill, resolve=True)
+        check_method(dcfg, cfg.dataset)
+        check_enough_images(dcfg, cfg.dataset)
     if cfg.distill.get("pool"):
         check_teachers(cfg.distill.pool, "distill.pool", cfg.dataset)
     if cfg.distill.get("pool") and needs_priors(cfg.distill):
@@ -68,6 +80,7 @@ def check_labels(cfg: DictConfig, images: DistilledImages | None) -> None:
     check_soft_batch(int(cfg.train.soft_batch_size), int(cfg.labels.batch_size))
     try:
         groups_per_forward(cfg.labels.get("groups_per_forward", "auto"), "cpu")
+        check_bssl_group(cfg.labels.get("bssl_group_size"), int(cfg.labels.batch_size))
     except ValueError as e:
         raise ConfigError(str(e)) from None
     ipc = images.ipc if images is not None else int(cfg.ipc)
@@ -82,6 +95,11 @@ def check_labels(cfg: DictConfig, images: DistilledImages | None) -> None:
 
 
 def check_teachers(tcfg: DictConfig, where: str, dataset: DictConfig | None = None) -> None:
+    if tcfg.get("pretrained"):  # the weights enum is named: torchvision:IMAGENET1K_V1
+        try:
+            torchvision_weights(tcfg.pretrained)
+        except ValueError as e:
+            raise ConfigError(str(e).replace("teacher.", f"{where}.")) from None
     for ck in tcfg.checkpoints or []:
         if not Path(ck).is_file():
             raise ConfigError(f"teacher checkpoint '{ck}' does not exist; fix: {where}.checkpoints=[existing files]")
@@ -91,3 +109,141 @@ def check_teachers(tcfg: DictConfig, where: str, dataset: DictConfig | None = No
     if dataset is not None:
         for name, ck in zip(tcfg.models, tcfg.checkpoints or []):
             check_checkpoint(name, Path(ck), dataset, where)
+
+
+def check_counts(cfg: DictConfig) -> None:
+    """Counts that must be positive, named by their key (a negative epoch count used to fail deep in Lightning)."""
+    counts = {"train.epochs": cfg.train.epochs, "labels.batch_size": cfg.labels.batch_size,
+              "train.soft_batch_size": cfg.train.soft_batch_size, "train.hard_batch_size": cfg.train.hard_batch_size}
+    if cfg.distill.method != "folder":
+        counts["ipc"] = cfg.ipc
+    if cfg.labels.store is None and cfg.get("label_budget") is None:
+        counts["slc"] = cfg.slc
+    if not cfg.teacher.checkpoints and not cfg.teacher.pretrained:
+        counts["teacher.squeeze.epochs"] = cfg.teacher.squeeze.epochs
+        counts["teacher.squeeze.batch_size"] = cfg.teacher.squeeze.batch_size
+    for key, value in counts.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ConfigError(f"{key}={value} must be a positive integer; fix: {key}=1 or more")
+
+
+def check_enough_images(dcfg: dict, dataset: DictConfig) -> None:
+    """A method that needs more real images per class than a class has stops here, not after a squeeze."""
+    need = real_images_needed(dcfg, dataset)
+    if need <= 0:
+        return
+    counts = Counter(build_source(dataset, "train").targets)
+    short = min(range(int(dataset.num_classes)), key=lambda c: counts.get(c, 0))
+    have = counts.get(short, 0)
+    if have < need:
+        raise ConfigError(f"distill={dcfg['method']} with ipc={dcfg.get('ipc')} needs {need} real training images "
+                          f"per class, but class {short} of {dataset.name} has {have}; fix: ipc<="
+                          f"{max(have * int(dcfg.get('ipc') or 1) // need, 0)} (or a method that needs fewer)")
+
+
+def explicit_keys() -> set[str]:
+    """Config keys the user set on the command line (Hydra's task overrides), without +/~ prefixes."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return set()
+    keys = set()
+    for o in HydraConfig.get().overrides.task:
+        key = o.split("=", 1)[0].lstrip("+~")
+        keys.add(key)
+    return keys
+
+
+def added_keys() -> list[str]:
+    """Keys the command line adds with `+key=` or `++key=` (Hydra accepts any such key)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return []
+    return [o.split("=", 1)[0].lstrip("+") for o in HydraConfig.get().overrides.task if o.startswith("+")]
+
+
+def check_added_keys(keys: list[str]) -> None:
+    """`+train.fooo=1` used to be accepted and ignored. An added nested key must exist in some option of its
+    config group (`++dataset.train_per_class=50` does: mnist5k has it)."""
+    conf = Path(__file__).resolve().parents[3] / "conf"
+    for key in keys:
+        group, _, rest = key.partition(".")
+        if not rest or not (conf / group).is_dir():
+            continue  # a top-level key is checked against TOP_LEVEL_KEYS; `+experiment=...` selects an option
+        known = set(trainer_arguments()) if group == "trainer" else set()  # trainer.* is Trainer(**kwargs)
+        for option in (conf / group).glob("*.yaml"):
+            known |= _flat_keys(OmegaConf.to_container(OmegaConf.load(option), resolve=False))
+        if rest not in known and not any(rest.startswith(k + ".") for k in known):
+            raise ConfigError(f"unknown config key {key} (added with '+'); fix: remove it, or one of "
+                              f"{group}.{{{', '.join(sorted(known)[:12])}, ...}}")
+
+
+def trainer_arguments() -> list[str]:
+    import inspect
+
+    import lightning as L
+
+    return [p for p in inspect.signature(L.Trainer.__init__).parameters if p != "self"]
+
+
+def _flat_keys(d, prefix: str = "") -> set[str]:
+    out = set()
+    for k, v in (d or {}).items():
+        if k == "defaults":
+            continue
+        out.add(prefix + str(k))
+        if isinstance(v, dict):
+            out |= _flat_keys(v, f"{prefix}{k}.")
+    return out
+
+
+# Label-store fields a run must agree with: the store's manifest is the truth when a store is passed in.
+STORE_FIELDS = {"labels.temperature": "temperature", "labels.batch_size": "batch_size",
+                "labels.crop_scale": ("crop", "scale"), "labels.crop_ratio": ("crop", "ratio"),
+                "labels.flip_p": "flip_p", "labels.cutmix_alpha": ("mix", "alpha"),
+                "labels.teacher_mode": "teacher_mode", "labels.seed": "seed"}
+
+
+def adopt_store(cfg: DictConfig, explicit: set[str]) -> None:
+    """A store passed in (`labels.store=DIR`) fixes its labels' settings: each is taken from its manifest (so the
+    soft loss's T is the T the labels were made at), and a setting the command line states otherwise stops the
+    run before any work. Checked against the dataset too."""
+    path = Path(cfg.labels.store).expanduser()
+    store = LabelStore.open(path, expect={"dataset": cfg.dataset.name, "classes": class_names(cfg.dataset),
+                                          "mean": [float(v) for v in cfg.dataset.mean],
+                                          "std": [float(v) for v in cfg.dataset.std]}, deep=False)
+    m = store.manifest
+    if m["crop"]["size"] != int(cfg.dataset.input_size):
+        raise ConfigError(f"label store '{path}' was made at input size {m['crop']['size']}, this run uses "
+                          f"{cfg.dataset.input_size}; fix: dataset.input_size={m['crop']['size']} or relabel")
+    adopted = {}
+    for key, field in STORE_FIELDS.items():
+        have = m[field[0]][field[1]] if isinstance(field, tuple) else m[field]
+        want = OmegaConf.select(cfg, key)
+        want = OmegaConf.to_container(want) if OmegaConf.is_config(want) else want
+        if _same(have, want):
+            continue
+        if key in explicit:
+            raise ConfigError(f"label store '{path}' was made with {key}={have}, the command line says {want}; "
+                              f"fix: {key}={have} (or relabel with labels.store=null)")
+        adopted[key] = have
+    soft_t = float(cfg.soft_loss.temperature) if "soft_loss.temperature" in explicit else None
+    if soft_t is not None and soft_t != float(m["temperature"]):
+        raise ConfigError(f"label store '{path}' holds soft labels at T={m['temperature']}, soft_loss.temperature="
+                          f"{soft_t}; fix: soft_loss.temperature={m['temperature']} (the KL must use the labels' T)")
+    with open_dict(cfg):
+        for key, value in adopted.items():
+            OmegaConf.update(cfg, key, value, merge=False)
+    if adopted:
+        log.info("labels.store: %s from the store's manifest", ", ".join(f"{k}={v}" for k, v in adopted.items()))
+    if cfg.train.soft_batch_size % store.batch_size:
+        check_soft_batch(int(cfg.train.soft_batch_size), store.batch_size)
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool):
+        return float(a) == float(b)
+    return a == b

@@ -62,6 +62,20 @@ def squeeze_teachers(ctx: Context, tcfg: DictConfig) -> list[dict[str, Any]]:
     return teachers
 
 
+def needs_teacher(cfg: DictConfig) -> bool:
+    """The pipeline's teacher is made only when something uses it: relabel, a method that distils with it
+    (a method with its own `distill.pool` squeezes that instead), CV-DD's prior runs (they relabel), or an
+    analysis. A label store passed in with distill=random/folder needs none. A teacher given as a checkpoint or
+    pretrained weights costs nothing, and is listed in the summary."""
+    ev = cfg.get("evaluate") or {}
+    distils_with_it = (cfg.distill.method != "folder" and bool(cfg.distill.get("uses_teacher"))
+                       and not cfg.distill.get("pool"))
+    priors = bool(cfg.distill.get("pool")) and needs_priors(cfg.distill)
+    given = bool(cfg.teacher.checkpoints) or bool(cfg.teacher.pretrained)
+    return (cfg.labels.store is None or distils_with_it or priors or given or bool(ev.get("fair"))
+            or bool(ev.get("lvsd")))
+
+
 # -- distill -----------------------------------------------------------------------------------------------------
 def needs_priors(dcfg: Any) -> bool:
     """CV-DD committees weighted by softmax(alpha / T) need each pool teacher's prior alpha."""

@@ -12,14 +12,18 @@ import lightning as L
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from hald.console import progress_callbacks
 from hald.data.distilled import DistilledImages
+from hald.evaluate.summary import best_every
 from hald.data.sources import build_source
 from hald.labels.store import open_store_for, store_bytes
 from hald.models import build_backbone
 from hald.pipeline.cache import Context
+from hald.pipeline.tracking import build_loggers, log_run_start
 from hald.train.callbacks import PhaseScheduler, analysis_callbacks, analysis_results
+from hald.train.export import export_student
 from hald.train.hyper import paper_lr_eta
-from hald.train.resume import FiniteLoss, LastCheckpoint, RunState, StepSeed
+from hald.train.resume import FiniteLoss, LastCheckpoint, RunState, StepSeed, usable_checkpoint
 from hald.train.schedule import make_schedule
 
 log = logging.getLogger("hald")
@@ -33,20 +37,16 @@ def resolve_lr(cfg: DictConfig, ipc: int) -> tuple[float, float]:
     return (float(auto[0]) if lr == "auto" else float(lr), float(auto[1]) if eta == "auto" else float(eta))
 
 
-def build_loggers(cfg: DictConfig) -> list:
-    if not cfg.get("logger"):
-        return []
-    return [instantiate(lg) for lg in cfg.logger.values() if lg is not None and "_target_" in lg]
-
-
 def stage_train(ctx: Context, images: DistilledImages, store_path: Path, out_dir: Path,
-                eval_source: Any = None, preview: Path | None = None) -> dict[str, Any]:
-    """Train and test the student; `eval_source` replaces the test split (CV-DD priors: held-out train)."""
+                eval_source: Any = None, preview: Path | None = None,
+                lineage: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Train and test the student; `eval_source` replaces the test split (CV-DD priors: held-out train);
+    `lineage` (the artifacts' cache keys) goes to the experiment tracker."""
     cfg = ctx.cfg
     ds = cfg.dataset
     store = open_store_for(store_path, images, ds)
     schedule = make_schedule(cfg.schedule.preset, int(cfg.train.epochs), float(cfg.schedule.soft_fraction),
-                             int(cfg.schedule.block or store.passes))
+                             int(cfg.schedule.block or store.passes), cfg.schedule.get("pool", "run"))
     lr, eta = resolve_lr(cfg, images.ipc)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     net = build_backbone(cfg.model.name, int(ds.num_classes), int(ds.channels), int(ds.input_size))
@@ -55,12 +55,15 @@ def stage_train(ctx: Context, images: DistilledImages, store_path: Path, out_dir
     dm = instantiate(cfg.student.datamodule)(distilled=images, store=store, dataset=OmegaConf.to_container(ds, resolve=True),
                                              schedule=schedule, eval_source=eval_source or build_source(ds, "test"))
     last_ckpt = out_dir / "checkpoints" / "last.ckpt"
-    loggers = build_loggers(cfg)
+    resume, done_epoch = usable_checkpoint(last_ckpt) if cfg.train.resume else (None, None)
+    loggers = build_loggers(cfg, out_dir, resuming=resume is not None, done_epoch=done_epoch)
+    log_run_start(loggers, cfg, out_dir, {**(lineage or {}), "labels": store_path.name})
     probes = analysis_callbacks(cfg, images, store, schedule)  # crop consistency, gradient similarity
     callbacks = [PhaseScheduler(schedule, cfg.optimizer.on_phase_switch, int(cfg.train.eval_every),
                                 bool(cfg.train.eval_phase_ends)),
                  LastCheckpoint(last_ckpt, int(cfg.train.checkpoint_every)),  # atomic, every N epochs and the last
-                 StepSeed(int(cfg.seed)), RunState(), FiniteLoss(), *probes] + (
+                 StepSeed(int(cfg.seed)), RunState(), FiniteLoss(), *probes,
+                 *progress_callbacks(bool(cfg.trainer.get("enable_progress_bar", True)), "student")] + (
         [L.pytorch.callbacks.LearningRateMonitor("epoch")] if loggers else [])
     trainer = L.Trainer(max_epochs=schedule.total_epochs, reload_dataloaders_every_n_epochs=1,
                         num_sanity_val_steps=0, callbacks=callbacks, logger=loggers or False,
@@ -74,7 +77,6 @@ def stage_train(ctx: Context, images: DistilledImages, store_path: Path, out_dir
         if preview is not None and hasattr(lg, "log_image"):  # W&B: the distilled images as one grid
             lg.log_image("distill/images", [str(preview)])
     t0 = time.time()
-    resume = str(last_ckpt) if cfg.train.resume and last_ckpt.is_file() else None
     if cfg.train.resume:
         log.info("train: %s", f"resuming from {last_ckpt}" if resume else
                  "train.resume=true but no checkpoint yet: starting from epoch 0")
@@ -83,8 +85,11 @@ def stage_train(ctx: Context, images: DistilledImages, store_path: Path, out_dir
     t0 = time.time()
     test = trainer.test(module, datamodule=dm, verbose=False)[0]
     ctx.timings["evaluate"] = time.time() - t0
+    if trainer.is_global_zero:  # plain weights + what rebuilds them, for use outside hald
+        export_student(module.net, out_dir, cfg.model.name, ds, images.classes, top1=float(test["test/top1"]))
     return {"top1": float(test["test/top1"]), "top5": float(test["test/top5"]),
             "top1_best": max([e["top1"] for e in module.eval_log], default=None),
+            "top1_best_every": best_every(module.eval_log, int(cfg.train.eval_every), schedule.total_epochs),
             "eval_log": module.eval_log, "schedule": schedule.timeline(),
             "phase_audit": {e: sorted(p) for e, p in sorted(module.epoch_paths.items())}, "lr": lr, "eta": eta,
             "label_bytes": label_bytes, "slc": store.manifest["slc"], "sli": store.passes,

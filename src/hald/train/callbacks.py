@@ -32,14 +32,20 @@ class PhaseScheduler(L.Callback):
     def eval_epoch(self, epoch: int) -> bool:
         last = self.schedule.total_epochs - 1
         return (epoch == last or (self.eval_phase_ends and (epoch + 1) in self.schedule.switches())
-                or (self.eval_every > 0 and (epoch + 1) % self.eval_every == 0))
+                or (self.eval_every > 0 and epoch % self.eval_every == 0))  # 0, N, 2N, ...: the papers' epochs
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch
         phase = self.schedule.phase_at(epoch)
         pl_module.phase = phase
         if epoch in self.schedule.switches():
-            log.info("epoch %d: phase switch %s -> %s", epoch, self.schedule.phase_at(epoch - 1), phase)
+            ended = [e for e in getattr(pl_module, "eval_log", []) if e["epoch"] == epoch - 1]
+            log.info("epoch %d: phase switch %s -> %s%s", epoch, self.schedule.phase_at(epoch - 1), phase,
+                     f" (test top-1 {ended[-1]['top1']:.1f}% at the end of the {ended[-1]['phase']} phase)"
+                     if ended else "")
+            for lg in getattr(trainer, "loggers", []):  # a marker at the switch (W&B: a point per switch, not a 0/1 curve)
+                lg.log_metrics({"phase/switch_epoch": float(epoch), "phase/to_soft": float(phase == SOFT)},
+                               step=trainer.global_step)
             if self.on_phase_switch == "reset":
                 for opt in trainer.optimizers:
                     opt.state.clear()  # AdamW re-creates step/moments lazily at the next step

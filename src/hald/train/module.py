@@ -23,7 +23,8 @@ def cosine_eta(epoch: int, total: int, eta: float) -> float:
 class StudentModule(L.LightningModule):
     def __init__(self, net: nn.Module, num_classes: int, schedule: Schedule, lr: float, eta: float = 2.0,
                  weight_decay: float = 0.01, betas=(0.9, 0.999), temperature: float = 20.0, t2: bool = True,
-                 hard_cutmix_alpha: float = 1.0, label_smoothing: float = 0.8, hard_temperature: float = 1.0):
+                 hard_cutmix_alpha: float = 1.0, label_smoothing: float = 0.8, hard_temperature: float = 1.0,
+                 micro_batch_size: int | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["net", "schedule"])
         self.net, self.schedule = net, schedule
@@ -40,6 +41,23 @@ class StudentModule(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
 
+    def micro_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Training logits of x, in forwards of `micro_batch_size` images (train.micro_batch_size; None = one).
+
+        CV-DD's validation (validate/train_fkd.py: --gradient-accumulation-steps 2) steps once per batch of 16
+        after two backward passes of 8, each loss divided by 2, so the student's BatchNorm normalises over 8.
+        Here each micro-batch is its own forward (its own BN statistics and running-stat update) and the loss
+        of the concatenated logits is the batch mean: its gradient is the mean of the micro-batches' gradients,
+        one optimizer step per loader item. Why inside the step and not Lightning's accumulate_grad_batches: a
+        soft batch is one loader item (whole stored batches, their CutMix partners inside them), and
+        accumulation over loader items would need the loader to cut stored batches apart and would change what
+        a step is for the schedule, the per-step seeds and the gradient probe. No memory is saved (all graphs
+        live until backward): the option is about BN statistics, not memory."""
+        m = self.hparams.get("micro_batch_size")
+        if not m or len(x) <= int(m):
+            return self(x)
+        return torch.cat([self(part) for part in x.split(int(m))])
+
     # -- training -----------------------------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         hp = self.hparams
@@ -47,13 +65,13 @@ class StudentModule(L.LightningModule):
             if self.phase != SOFT or batch["phase"] != SOFT:
                 raise RuntimeError(f"soft batch in a {self.phase} epoch {self.current_epoch}: the loader and the "
                                    f"phase callback disagree")
-            loss = soft_kl(self(batch["x"]), batch["target"], hp.temperature, hp.t2)
+            loss = soft_kl(self.micro_forward(batch["x"]), batch["target"], hp.temperature, hp.t2)
         else:
             if self.phase != HARD:
                 raise RuntimeError(f"hard batch in a {self.phase} epoch {self.current_epoch}")
             x, y = batch
             x, t = cutmix_smoothed_targets(x, y, hp.num_classes, hp.hard_cutmix_alpha, hp.label_smoothing)
-            loss = soft_target_ce(self(x), t, hp.hard_temperature, hp.t2)
+            loss = soft_target_ce(self.micro_forward(x), t, hp.hard_temperature, hp.t2)
         self.epoch_paths.setdefault(self.current_epoch, set()).add(SOFT if isinstance(batch, dict) else HARD)
         bs = batch["x"].shape[0] if isinstance(batch, dict) else batch[0].shape[0]
         self.log(f"train/loss_{self.phase}", loss, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)

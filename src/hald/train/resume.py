@@ -15,12 +15,15 @@
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import Checkpoint
 
+from hald.artifacts import naming
 from hald.errors import DivergedError
 from hald.seeding import seed_of
 
@@ -71,7 +74,48 @@ class LastCheckpoint(Checkpoint):
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch
         if (epoch + 1) % self.every == 0 or epoch + 1 >= (trainer.max_epochs or 0):
-            trainer.save_checkpoint(self.path)  # every rank calls it; rank 0 writes
+            # Written next to the target and renamed: Lightning writes the file in place, so a full disk on
+            # the run dir (NFS, Lustre, tmpfs) left a truncated last.ckpt that every rerun then crashed on.
+            path = Path(self.path)
+            tmp = path.with_name(f".{path.name}.tmp")
+            try:
+                trainer.save_checkpoint(tmp, weights_only=False)  # every rank calls it; rank 0 writes
+                if trainer.is_global_zero:
+                    os.replace(tmp, path)
+            except OSError as e:
+                if trainer.is_global_zero:
+                    tmp.unlink(missing_ok=True)
+                raise naming(e, path) from e
+            except BaseException:
+                if trainer.is_global_zero:
+                    tmp.unlink(missing_ok=True)
+                raise
+            trainer.strategy.barrier()
+
+
+def checkpoint_epoch(path: Path | str) -> int:
+    """The last finished epoch a Lightning checkpoint holds; raises if the file is truncated or unreadable
+    (memory-mapped, so only the index is read)."""
+    return int(torch.load(path, map_location="cpu", mmap=True, weights_only=False)["epoch"])
+
+
+def usable_checkpoint(path: Path | str) -> tuple[str | None, int | None]:
+    """(path, its last finished epoch) to resume from, or (None, None). A truncated or unreadable checkpoint
+    is set aside as `<name>.unreadable` with one warning line, and the run starts over from its last good
+    state (none here: a checkpoint is only replaced once the new one is complete)."""
+    from hald import dist
+
+    path = Path(path)
+    state: tuple[str | None, int | None] = (None, None)
+    if dist.rank() == 0 and path.is_file():
+        try:
+            state = (str(path), checkpoint_epoch(path))
+        except Exception as e:  # noqa: BLE001  (zip, pickle, EOF: any unreadable file)
+            aside = path.with_name(path.name + ".unreadable")
+            os.replace(path, aside)
+            log.warning("checkpoint %s is unreadable (%s): set aside as %s; starting without it", path,
+                        " ".join(str(e).split())[:120], aside.name)
+    return dist.broadcast(state)
 
 
 class RunState(L.Callback):
@@ -85,7 +129,7 @@ class RunState(L.Callback):
             "epoch_paths": {int(e): sorted(p) for e, p in pl_module.epoch_paths.items()},
             "val_best": None if best is None else float(best),
         }
-        log.info("checkpoint after epoch %d", trainer.current_epoch)
+        log.debug("checkpoint after epoch %d", trainer.current_epoch)
 
     def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         state = checkpoint.get(STATE_KEY)

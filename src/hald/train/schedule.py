@@ -10,6 +10,12 @@ Presets (H hard epochs, S soft epochs, n = SLI stored passes), as in the HALD co
   S6 soft floor(S/2) -> hard H -> soft S - floor(S/2)   (HALD, the default)
   S7 hard floor(H/2) -> soft S -> hard H - floor(H/2)   S8 soft S -> hard H
   soft_only, hard_only
+
+Which stored batches a soft epoch replays (`schedule.pool`):
+  run      each stored batch once per SLI consecutive soft epochs of the run, in a seeded order (the default)
+  segment  the same, restarted at the start of every soft segment (HALD validate/train_fkd.py:458-470)
+  pass     soft epoch s replays stored pass s mod SLI whole, in its stored order: each image once per epoch
+           (CV-DD validate/train_fkd.py:353, set_epoch: epoch e trains on the labels of epoch e)
 """
 from __future__ import annotations
 
@@ -21,13 +27,17 @@ from hald.seeding import seed_of
 
 SOFT, HARD = "soft", "hard"
 PHASES = (SOFT, HARD)
+POOLS = ("run", "segment", "pass")
 
 
 @dataclass(frozen=True)
 class Schedule:
     segments: tuple[tuple[str, int], ...]
+    pool: str = "run"
 
     def __post_init__(self) -> None:
+        if self.pool not in POOLS:
+            raise ValueError(f"schedule.pool={self.pool!r}; fix: one of {list(POOLS)}")
         for phase, n in self.segments:
             if phase not in PHASES or n < 0:
                 raise ValueError(f"bad schedule segment ({phase!r}, {n}); phases are {PHASES}, epochs >= 0")
@@ -49,6 +59,15 @@ class Schedule:
     def soft_epochs_before(self, epoch: int) -> int:
         """How many soft epochs precede `epoch` (indexes the soft-batch pool)."""
         return sum(self.phase_at(e) == SOFT for e in range(epoch))
+
+    def segment_of(self, epoch: int) -> tuple[int, int]:
+        """(index, first epoch) of the non-empty segment holding `epoch`."""
+        start = 0
+        for i, (_, n) in enumerate(self.segments):
+            if n and epoch < start + n:
+                return i, start
+            start += n
+        return len(self.segments) - 1, start - self.segments[-1][1]
 
     def switches(self) -> list[int]:
         """Epochs whose phase differs from the previous epoch's."""
@@ -84,7 +103,7 @@ def _blocks(total: int, block: int, first: str) -> list[tuple[str, int]]:
     return segs
 
 
-def make_schedule(preset: str, epochs: int, soft_fraction: float = 0.5, block: int = 1) -> Schedule:
+def make_schedule(preset: str, epochs: int, soft_fraction: float = 0.5, block: int = 1, pool: str = "run") -> Schedule:
     """Build a preset. epochs = H + S with S = round(epochs * soft_fraction); block = n for S2-S5."""
     s = int(round(epochs * soft_fraction))
     h = epochs - s
@@ -105,14 +124,21 @@ def make_schedule(preset: str, epochs: int, soft_fraction: float = 0.5, block: i
     presets["hald"] = presets["S6"]
     if preset not in presets:
         raise ValueError(f"unknown schedule preset '{preset}'; fix: schedule.preset=one of {sorted(presets)}")
-    return Schedule(tuple(presets[preset]()))
+    return Schedule(tuple(presets[preset]()), pool)
 
 
 def soft_pool(schedule: Schedule, epoch: int, passes: int, batches_per_pass: int, seed: int) -> list[int]:
     """Stored-batch ids for a soft epoch: each stored batch once per `passes` consecutive soft epochs, in a
     seeded random order. One soft epoch uses batches_per_pass records (= every image once)."""
-    s = schedule.soft_epochs_before(epoch)
-    cycle, within = divmod(s, passes)
-    g = torch.Generator().manual_seed(seed_of(seed, cycle))
+    if schedule.pool == "pass":
+        p = schedule.soft_epochs_before(epoch) % passes
+        return list(range(p * batches_per_pass, (p + 1) * batches_per_pass))
+    if schedule.pool == "segment":
+        index, start = schedule.segment_of(epoch)
+        cycle, within = divmod(epoch - start, passes)
+        g = torch.Generator().manual_seed(seed_of(seed, 1, index, cycle))  # its own stream: (seed, 1, segment, cycle)
+    else:
+        cycle, within = divmod(schedule.soft_epochs_before(epoch), passes)
+        g = torch.Generator().manual_seed(seed_of(seed, cycle))
     perm = torch.randperm(passes * batches_per_pass, generator=g)
     return perm[within * batches_per_pass:(within + 1) * batches_per_pass].tolist()
