@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 # Exact torch builds: local wheels on the dev/CI machines; change for your CUDA if needed.
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: help install run test test-fast chaos bench bench-quick clean
+.PHONY: help install run test test-slow test-all chaos bench bench-quick clean
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
@@ -22,11 +22,14 @@ install: $(STAMP)  ## create .venv and install hald (editable) with test extras
 run: $(STAMP)  ## the whole pipeline on the bundled dataset (mnist5k); pass ARGS="key=value ..."
 	$(BIN)/python src/run.py $(ARGS)
 
-test: $(STAMP)  ## the full test suite (slow end-to-end tests included)
-	WANDB_MODE=disabled $(BIN)/python -m pytest -q $(ARGS)
-
-test-fast: $(STAMP)  ## tests without the slow end-to-end ones
+test: $(STAMP)  ## the test suite without the slow subprocess runs (about 8 minutes on 2 cores)
 	WANDB_MODE=disabled $(BIN)/python -m pytest -q -m "not slow" $(ARGS)
+
+test-slow: $(STAMP)  ## the slow end-to-end subprocess runs (torchrun, SLURM, kill -9, sweeps); CI runs both
+	WANDB_MODE=disabled $(BIN)/python -m pytest -q -m slow $(ARGS)
+
+test-all: $(STAMP)  ## everything
+	WANDB_MODE=disabled $(BIN)/python -m pytest -q $(ARGS)
 
 chaos: $(STAMP)  ## reliability: kill -9 and resume in every stage, DDP in every stage, failing sweep jobs, faults
 	WANDB_MODE=disabled OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests/test_reliability.py $(ARGS)

@@ -300,7 +300,9 @@ def main(argv: list[str] | None = None) -> None:
     where = torch.cuda.get_device_name(torch.device(dev)) if torch.device(dev).type == "cuda" else "CPU"
     header = (f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads; benchmarks 1-3 on {where}; {time.strftime('%Y-%m-%d')}; "
-              f"command: `make bench{' ARGS=' + repr('--device ' + dev) if dev != 'cpu' else ''}`")
+              f"command: `make bench{' ARGS=' + repr('--device ' + dev) if dev != 'cpu' else ''}`; "
+              f"load average at start {' / '.join(f'{v:.2f}' for v in os.getloadavg())} (1/5/15 min: ratios "
+              f"moved 3-10x under load on this machine)")
     parts = [f"# Benchmarks\n\n{header}\n"]
     gpu = torch.device(dev).type == "cuda"
     measured = {}

@@ -191,11 +191,8 @@ def test_rded_keeps_each_images_best_crop_and_the_best_images():
 
 def test_stitch_places_ranked_crops_row_by_row():
     tiles = torch.arange(1, 9, dtype=torch.float32).view(8, 1, 1, 1).expand(8, 1, 4, 4)
-    out = stitch(tiles, factor=2, size=8, interleave=False)  # variant=full_crop: consecutive groups
-    assert out.shape == (2, 1, 8, 8)
-    assert out[0, 0, 0, 0] == 1 and out[0, 0, 0, 7] == 2 and out[0, 0, 7, 0] == 3 and out[0, 0, 7, 7] == 4
-    assert out[1, 0, 0, 0] == 5 and out[1, 0, 7, 7] == 8
     out = stitch(tiles, factor=2, size=8)  # RDED's mix_images: tile k of image i = ranked crop k * M + i
+    assert out.shape == (2, 1, 8, 8)
     assert [out[0, 0, 0, 0], out[0, 0, 0, 7], out[0, 0, 7, 0], out[0, 0, 7, 7]] == [1, 3, 5, 7]
     assert [out[1, 0, 0, 0], out[1, 0, 0, 7], out[1, 0, 7, 0], out[1, 0, 7, 7]] == [2, 4, 6, 8]
 

@@ -73,17 +73,6 @@ def test_crops_are_square_at_tile_size(monkeypatch):
     assert x.shape == (12, 16, 16) and torch.all(x[:, :4] == 0) and torch.all(x[:, :, 12:] == 0)
 
 
-def test_full_crop_variant_keeps_the_earlier_behaviour():
-    ds = {"num_classes": 2, "channels": 1, "input_size": 16, "mean": [0.0], "std": [1.0]}
-    src, level = _levels()
-    teacher = Recorder()
-    images, rec = select_class(src, teacher, 0, ds, ipc=2, seed=0, factor=2, mipc=16, num_crops=3,
-                               crop_scale=(0.2, 1.0), batch_size=64, variant="full_crop")
-    ranked = (10 * (np.sort(level)[::-1][:8] + 1)).tolist()
-    tiles = [[int(images[i, 0, r * 8 + 4, c * 8 + 4]) for r in range(2) for c in range(2)] for i in range(2)]
-    assert tiles == [ranked[:4], ranked[4:]]  # consecutive groups of factor^2 ranked crops
-
-
 def test_pad_to_centres_with_the_extra_row_at_the_bottom():
     x = torch.ones(1, 1, 3, 3)
     y = pad_to(x, 6)

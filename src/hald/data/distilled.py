@@ -137,16 +137,16 @@ def load_distilled(root: Path | str, classes: list[str], channels: int) -> Disti
     if ignored:
         log.warning("distilled folder '%s': ignored %d file(s) that are not images by name (e.g. '%s'); they "
                     "are not part of the set or its sha256", root, len(ignored), ignored[0].relative_to(root))
+    sizes = {a.shape[:2] for a in arrays}
+    if len(sizes) > 1:
+        raise DistilledError(f"distilled folder '{root}' mixes image sizes {sorted(sizes)[:3]}; replay needs one "
+                             f"size; fix: resize the set to one size (e.g. the dataset's input size)")
     counts = torch.bincount(torch.tensor(targets), minlength=len(classes))
     if int(counts.min()) != int(counts.max()):  # slc = SLI x ipc per class holds only when every class has ipc
         few, many = int(counts.argmin()), int(counts.argmax())
         raise DistilledError(f"distilled folder '{root}' has uneven classes: class {classes[few]} has "
                              f"{int(counts[few])} images, class {classes[many]} {int(counts[many])} (slc and ipc are "
                              f"per class); fix: give every class the same number of images")
-    sizes = {a.shape[:2] for a in arrays}
-    if len(sizes) > 1:
-        raise DistilledError(f"distilled folder '{root}' mixes image sizes {sorted(sizes)[:3]}; replay needs one "
-                             f"size; fix: resize the set to one size (e.g. the dataset's input size)")
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     return DistilledImages(images=images, targets=torch.tensor(targets, dtype=torch.int64), files=files,
                            classes=list(classes), sha256=digest.hexdigest())

@@ -1,6 +1,6 @@
 """`distill=rded` (RDED, Sun et al., CVPR 2024): real crops the teacher finds most typical, stitched together.
 
-For class c, as RDED's own code does it (`variant: rded`, the default; LINs-lab/RDED synthesize/main.py
+For class c, as RDED's own code does it (LINs-lab/RDED synthesize/main.py
 `init_images`, synthesize/utils.py `MultiRandomCrop`, `selector`, `pad`, `mix_images`):
 1. up to `mipc` real training images of c (seeded);
 2. `num_crops` RandomResizedCrops of each, at the tile size t = input / factor, aspect ratio 1, area scale
@@ -13,9 +13,9 @@ For class c, as RDED's own code does it (`variant: rded`, the default; LINs-lab/
 `factor: auto` = 1 at 64 px and below (RDED's CIFAR and Tiny-ImageNet scripts, scripts/*tinyimagenet*,
 scripts/cifar*), 2 above (its ImageNet-scale scripts).
 
-`variant: full_crop` is this project's earlier version, kept by name and not measured better: crops at the
-full input size with aspect ratio in [3/4, 4/3], scored at that size, consecutive groups of factor^2 ranked
-crops resized (antialiased) into the tiles of one image.
+This replaced the project's earlier version (crops at the full input size with aspect ratio in [3/4, 4/3],
+scored at that size, consecutive groups of factor^2 ranked crops resized into one image), which measured worse
+on mnist5k (docs/fidelity.md, "RDED: the earlier version measured") and was removed.
 
 No optimisation. The same selection initialises SRe2L++ / CV-DD recover (`init: rded`).
 """
@@ -44,9 +44,6 @@ from hald.errors import ConfigError
 log = logging.getLogger(__name__)
 
 
-VARIANTS = ("rded", "full_crop")
-
-
 def resolve_factor(factor: int | str, input_size: int) -> int:
     f = (1 if input_size <= 64 else 2) if factor == "auto" else int(factor)
     if f < 1 or input_size % f:
@@ -56,8 +53,9 @@ def resolve_factor(factor: int | str, input_size: int) -> int:
 
 
 def random_crops(image: torch.Tensor, num_crops: int, size: int, scale: Sequence[float],
-                 ratio: Sequence[float] = (3 / 4, 4 / 3)) -> torch.Tensor:
-    """[num_crops, C, size, size] floats in [0, 1] from one uint8 image (global RNG: seed it outside)."""
+                 ratio: Sequence[float] = (1.0, 1.0)) -> torch.Tensor:
+    """[num_crops, C, size, size] floats in [0, 1] from one uint8 image (global RNG: seed it outside); RDED's
+    `MultiRandomCrop` draws squares (ratio 1)."""
     x = image.float() / 255
     return torch.stack([TF.resized_crop(x, *RandomResizedCrop.get_params(x, list(scale), list(ratio)),
                                         [size, size], antialias=True) for _ in range(num_crops)])
@@ -91,24 +89,21 @@ def best_crops(teacher: nn.Module, crops: torch.Tensor, label: int, dataset: Map
     return crops[torch.arange(n), which], best
 
 
-def stitch(tiles: torch.Tensor, factor: int, size: int, interleave: bool = True) -> torch.Tensor:
-    """[M * factor^2, C, s, s] ranked crops -> [M, C, size, size].
-
-    interleave (RDED's `mix_images`): image i, tile k (row k // f, col k % f) = ranked crop k * M + i.
-    Otherwise: image m, tile j = ranked crop m * f^2 + j (consecutive groups). Tiles not of side
-    size / factor are resized to it (antialiased)."""
+def stitch(tiles: torch.Tensor, factor: int, size: int) -> torch.Tensor:
+    """[M * factor^2, C, s, s] ranked crops -> [M, C, size, size], as RDED's `mix_images`: image i, tile k
+    (row k // f, col k % f) = ranked crop k * M + i. Tiles not of side size / factor are resized to it."""
     t = size // factor
     if tiles.shape[-1] != t:
         tiles = TF.resize(tiles, [t, t], antialias=True)
     m, c = tiles.shape[0] // factor ** 2, tiles.shape[1]
-    grid = tiles.view(factor * factor, m, c, t, t).transpose(0, 1) if interleave else tiles.view(m, -1, c, t, t)
+    grid = tiles.view(factor * factor, m, c, t, t).transpose(0, 1)
     grid = grid.reshape(m, factor, factor, c, t, t).permute(0, 3, 1, 4, 2, 5)
     return grid.reshape(m, c, size, size)
 
 
 def select_class(source: ImageSource, teacher: nn.Module, label: int, dataset: Mapping[str, Any], ipc: int,
                  seed: int, factor: int, mipc: int, num_crops: int, crop_scale: Sequence[float],
-                 batch_size: int, variant: str = "rded") -> tuple[torch.Tensor, dict[str, Any]]:
+                 batch_size: int) -> tuple[torch.Tensor, dict[str, Any]]:
     """uint8 [ipc, C, H, W] images of one class and what was chosen (source indices and scores)."""
     size = int(dataset["input_size"])
     idx = np.flatnonzero(np.asarray(source.targets) == label)
@@ -120,14 +115,11 @@ def select_class(source: ImageSource, teacher: nn.Module, label: int, dataset: M
     idx = np.sort(rng.choice(idx, min(mipc, len(idx)), replace=False)) if len(idx) > mipc else idx
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed_of(seed, label))
-        if variant == "rded":  # tile-sized square crops, scored padded to the input size
-            crops = torch.stack([random_crops(source[int(i)][0], num_crops, size // factor, crop_scale, (1.0, 1.0))
-                                 for i in idx])
-        else:
-            crops = torch.stack([random_crops(source[int(i)][0], num_crops, size, crop_scale) for i in idx])
+        # tile-sized square crops of each image at its own resolution, scored zero-padded to the input size
+        crops = torch.stack([random_crops(source[int(i)][0], num_crops, size // factor, crop_scale) for i in idx])
     best, ce = best_crops(teacher, crops, label, dataset, batch_size, score_size=size)
     order = torch.argsort(ce, stable=True)[:need]
-    images = stitch(best[order], factor, size, interleave=variant == "rded")
+    images = stitch(best[order], factor, size)
     # Provenance in train-split indices, also when the source is a view (priors' held-out exclusion).
     to_train = getattr(source, "base_indices", None)
     chosen = [int(idx[j]) if to_train is None else int(to_train[idx[j]]) for j in order]
@@ -137,15 +129,14 @@ def select_class(source: ImageSource, teacher: nn.Module, label: int, dataset: M
 
 def rded_images(source: ImageSource, dataset: Mapping[str, Any], teacher: nn.Module, ipc: int, seed: int,
                 factor: int | str = "auto", mipc: int = 300, num_crops: int = 5,
-                crop_scale: Sequence[float] = (0.08, 1.0), batch_size: int = 256, progress: bool = True,
-                variant: str = "rded") -> tuple[torch.Tensor, list[dict[str, Any]]]:
+                crop_scale: Sequence[float] = (0.08, 1.0), batch_size: int = 256, progress: bool = True
+                ) -> tuple[torch.Tensor, list[dict[str, Any]]]:
     """uint8 [classes, ipc, C, H, W] and one record per class."""
     f = resolve_factor(factor, int(dataset["input_size"]))
     classes = range(int(dataset["num_classes"]))
     out, records = [], []
     for c in (track(classes, "rded: scoring crops") if progress else classes):
-        imgs, rec = select_class(source, teacher, c, dataset, ipc, seed, f, mipc, num_crops, crop_scale, batch_size,
-                                 variant)
+        imgs, rec = select_class(source, teacher, c, dataset, ipc, seed, f, mipc, num_crops, crop_scale, batch_size)
         out.append(imgs)
         records.append(rec)
     return torch.stack(out), records
@@ -153,8 +144,6 @@ def rded_images(source: ImageSource, dataset: Mapping[str, Any], teacher: nn.Mod
 
 def check_rded(dcfg: Mapping[str, Any], dataset: Mapping[str, Any]) -> None:
     resolve_factor(dcfg.get("factor", "auto"), int(dataset["input_size"]))
-    if dcfg.get("variant", "rded") not in VARIANTS:
-        raise ConfigError(f"distill.variant={dcfg.get('variant')}; fix: one of {list(VARIANTS)}")
     if int(dcfg.get("num_crops", 1)) < 1 or int(dcfg.get("mipc", 1)) < 1:
         raise ConfigError(f"distill.num_crops={dcfg.get('num_crops')}, mipc={dcfg.get('mipc')}: both must be >= 1; "
                           f"fix: positive values")
@@ -163,18 +152,16 @@ def check_rded(dcfg: Mapping[str, Any], dataset: Mapping[str, Any]) -> None:
 @register("rded", check=check_rded)
 def distill_rded(source: ImageSource, dataset: Mapping[str, Any], out_dir: Path, teachers: list[dict[str, Any]],
                  ipc: int, seed: int, factor: int | str = "auto", mipc: int = 300, num_crops: int = 5,
-                 crop_scale: Sequence[float] = (0.08, 1.0), batch_size: int = 256, variant: str = "rded",
+                 crop_scale: Sequence[float] = (0.08, 1.0), batch_size: int = 256,
                  trainer_kwargs: Mapping[str, Any] | None = None, **_: Any) -> dict[str, Any]:
     fabric = make_fabric(trainer_kwargs)
     teacher = load_pool_teacher(teachers[0], dataset, fabric.device)
     images, records = rded_images(source, dataset, teacher, ipc, seed, factor, mipc, num_crops, crop_scale,
-                                  batch_size, progress=bool((trainer_kwargs or {}).get("enable_progress_bar", True)),
-                                  variant=variant)
+                                  batch_size, progress=bool((trainer_kwargs or {}).get("enable_progress_bar", True)))
     k = images.shape[0]
     write_imagefolder(Path(out_dir) / "images", images.flatten(0, 1), torch.arange(k).repeat_interleave(ipc))
     save_grid(Path(out_dir) / "grid.png", images, per_row=ipc)
     return {"method": "rded", "ipc": ipc, "seed": seed, "teachers": [{"name": teachers[0]["name"],
                                                                        "key": teachers[0]["key"]}],
-            "factor": resolve_factor(factor, int(dataset["input_size"])), "variant": variant, "mipc": mipc,
-            "num_crops": num_crops,
+            "factor": resolve_factor(factor, int(dataset["input_size"])), "mipc": mipc, "num_crops": num_crops,
             "selection": records, "images_dir": "images", "grid": "grid.png"}
