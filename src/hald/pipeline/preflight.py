@@ -237,8 +237,7 @@ def adopt_store(cfg: DictConfig, explicit: set[str]) -> None:
             OmegaConf.update(cfg, key, value, merge=False)
     if adopted:
         log.info("labels.store: %s from the store's manifest", ", ".join(f"{k}={v}" for k, v in adopted.items()))
-    if cfg.train.soft_batch_size % store.batch_size:
-        check_soft_batch(int(cfg.train.soft_batch_size), store.batch_size)
+    check_soft_batch(int(cfg.train.soft_batch_size), store.batch_size)
 
 
 def _same(a, b) -> bool:
