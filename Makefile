@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 # Exact torch builds: local wheels on the dev/CI machines; change for your CUDA if needed.
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: help install run test test-slow test-all chaos bench bench-quick clean
+.PHONY: help install run test test-slow test-all chaos bench bench-quick rehearse clean
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
@@ -39,6 +39,9 @@ bench: $(STAMP)  ## the five storage/data-path benchmarks (ratios side by side);
 
 bench-quick: $(STAMP)  ## benchmarks 1-4 only (seconds; skips the accuracy multirun)
 	WANDB_MODE=disabled $(BIN)/python -m hald.bench --skip-accuracy --out outputs/bench-quick.md $(ARGS)
+
+rehearse: $(STAMP)  ## every paper preset end to end at its real shape (stand-in data, shrunk counts); writes experiments/rehearse.md
+	WANDB_MODE=disabled $(BIN)/python -m hald.rehearse $(ARGS)
 
 clean:  ## remove outputs and caches (keeps .venv)
 	rm -rf outputs multirun .cache

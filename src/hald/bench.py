@@ -136,7 +136,7 @@ def bench_epochs(n_images: int = 16, batch: int = 8, size: int = 224, source: in
     """Whole epochs through HALDDataModule's loaders and hooks and a student step (soft: KL to the stored
     labels; hard: CutMix + smoothed CE), soft against hard, rendering in the loader (host) against after the
     batch transfer (device: on a CPU the same code path, in the training process). One warm-up epoch, then
-    `repeat` rounds of the four epochs interleaved (best of each): ~1 minute on 2 busy CPU cores."""
+    `repeat` rounds of the four epochs interleaved (best of each): ~1.5 minutes on 2 CPU cores."""
     from torch.utils.data import TensorDataset
 
     from hald.data.distilled import DistilledImages
@@ -300,7 +300,8 @@ def main(argv: list[str] | None = None) -> None:
     where = torch.cuda.get_device_name(torch.device(dev)) if torch.device(dev).type == "cuda" else "CPU"
     header = (f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
               f"{torch.get_num_threads()} threads; benchmarks 1-3 on {where}; {time.strftime('%Y-%m-%d')}; "
-              f"command: `make bench{' ARGS=' + repr('--device ' + dev) if dev != 'cpu' else ''}`; "
+              f"command: `make bench{' ARGS=' + repr(' '.join(argv or sys.argv[1:])) if (argv or sys.argv[1:]) else ''}`"
+              f"{' (benchmark 5 read from the runs of an earlier full `make bench`)' if args.reuse_accuracy else ''}; "
               f"load average at start {' / '.join(f'{v:.2f}' for v in os.getloadavg())} (1/5/15 min: ratios "
               f"moved 3-10x under load on this machine)")
     parts = [f"# Benchmarks\n\n{header}\n"]
@@ -314,7 +315,7 @@ def main(argv: list[str] | None = None) -> None:
              lambda: [bench_relabel(device=dev), bench_relabel(mode="eval", device=dev)]),
             ("epochs", "3. Epochs at 224 px, ResNet-18 (goal: soft epoch no slower than hard)",
              lambda: bench_epochs(n_images=512 if gpu else 16, batch=128 if gpu else 8, device=dev,
-                                  repeat=3))):
+                                  repeat=5))):
         print(title, flush=True)
         measured[key] = fn()
         parts.append(f"## {title}\n\n{fmt_table(measured[key])}\n")

@@ -18,7 +18,8 @@ log = logging.getLogger("hald")
 # Lightning's per-run banners and tips, and one message per checkpoint save; none says anything about the run.
 CHATTER = ("`weights_only` was not set", "Tip:", "GPU available:", "TPU available:", "HPU available:",
            "Loading `train_dataloader` to estimate", "`Trainer.fit` stopped:", "LOCAL_RANK:",
-           "Trainer already configured with model summary", "has `shuffle=True`")
+           "Trainer already configured with model summary", "has `shuffle=True`",
+           "was configured so 1 batch", "was configured so 100% of the batches")  # limit_*_batches echoes
 
 
 class DropChatter(logging.Filter):

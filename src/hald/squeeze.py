@@ -140,7 +140,9 @@ def squeeze(model_name: str, dataset: Mapping[str, Any], cfg: Mapping[str, Any],
     ckpt = LastCheckpoint(work / "last.ckpt")
     kwargs = dict(trainer_kwargs)
     world = int(kwargs.get("devices", 1)) * int(kwargs.get("num_nodes", 1)) if kwargs.get("strategy") == "ddp" else 1
-    trainer = L.Trainer(max_epochs=int(cfg["epochs"]), logger=False, enable_model_summary=False,
+    steps = cfg.get("max_steps")  # make rehearse: a step or two of the real recipe; None = every epoch
+    trainer = L.Trainer(max_epochs=int(cfg["epochs"]), max_steps=-1 if steps is None else int(steps),
+                        logger=False, enable_model_summary=False,
                         reload_dataloaders_every_n_epochs=1, num_sanity_val_steps=0,
                         callbacks=[ckpt, StepSeed(seed), FiniteLoss("teacher", "lower teacher.squeeze.lr"),
                                    *progress_callbacks(kwargs.get("enable_progress_bar", True), f"squeeze {model_name}")],

@@ -118,6 +118,7 @@ class RecoverJob:
     work_dir: Path
     progress: bool
     cpu_threads: int | None = None
+    units_run: int | None = None  # recover only the first N units; the others keep their init (make rehearse)
 
     @property
     def num_classes(self) -> int:
@@ -126,6 +127,10 @@ class RecoverJob:
     def units(self) -> list[tuple[int, int]]:
         chunks = -(-self.num_classes // self.class_chunk)
         return [(i, k) for i in range(self.ipc) for k in range(chunks)]
+
+    def runs(self, ipc_index: int, chunk: int) -> bool:
+        """Whether the unit is optimised (all are unless units_run caps them, in the order of `units`)."""
+        return self.units_run is None or self.units().index((ipc_index, chunk)) < self.units_run
 
     def classes(self, chunk: int) -> list[int]:
         return list(range(chunk * self.class_chunk, min((chunk + 1) * self.class_chunk, self.num_classes)))
@@ -178,7 +183,7 @@ def run_rank(fabric, job: RecoverJob) -> None:
         task = bar.add_task("recover", total=len(todo) * s.iterations, losses="")
         for n, (i, k) in enumerate(todo):
             members, weights = job.schedule.members(i), job.schedule.weights(i)
-            for m in members:
+            for m in members if job.runs(i, k) else ():
                 if m not in nets:
                     nets[m] = load_pool_teacher(job.teachers[m], job.dataset, fabric.device)
             cls = job.classes(k)
@@ -192,9 +197,14 @@ def run_rank(fabric, job: RecoverJob) -> None:
 
             with torch.random.fork_rng(devices=[]):  # units are independent of each other and of the order
                 torch.manual_seed(unit_seed)
-                x, hist = recover_unit([nets[m] for m in members], weights.to(fabric.device),
-                                       job.x0(i, k, fabric.device), torch.tensor(cls, device=fabric.device),
-                                       job.dataset, s, on_log)
+                x0 = job.x0(i, k, fabric.device)
+                if not job.runs(i, k):  # beyond distill.units_run: the init is the unit's image, as recorded
+                    write_unit(store, i, k, to_uint8(x0, job.dataset), cls, {
+                        "rank": fabric.global_rank, "seed": unit_seed, "members": [], "weights": [],
+                        "iterations": 0, "first": None, "last": None})
+                    continue
+                x, hist = recover_unit([nets[m] for m in members], weights.to(fabric.device), x0,
+                                       torch.tensor(cls, device=fabric.device), job.dataset, s, on_log)
             write_unit(store, i, k, to_uint8(x, job.dataset), cls, {
                 "rank": fabric.global_rank, "seed": unit_seed, "members": [job.teachers[m]["name"] for m in members],
                 "weights": [round(float(w), 6) for w in weights], "iterations": s.iterations,
@@ -223,6 +233,9 @@ def check_recover(dcfg: Mapping[str, Any], dataset: Mapping[str, Any]) -> None:
     for key in ("iterations", "class_chunk", "devices"):
         if int(dcfg.get(key, 1)) < 1:
             raise ConfigError(f"distill.{key}={dcfg.get(key)} must be >= 1; fix: a positive value")
+    if dcfg.get("units_run") is not None and int(dcfg["units_run"]) < 1:
+        raise ConfigError(f"distill.units_run={dcfg['units_run']} must be >= 1; fix: a positive count, or null "
+                          f"to recover every unit")
     names = list((dcfg.get("pool") or {}).get("models") or ["teacher"])
     priors = dcfg.get("priors")
     # Measured priors are not known yet: stand-ins check the committee's shape.
@@ -238,12 +251,13 @@ def distill_recover(source: ImageSource, dataset: Mapping[str, Any], out_dir: Pa
                     betas: Sequence[float] = (0.5, 0.9), r_bn: float = 0.01, first_bn_multiplier: float = 10.0,
                     jitter: int | str = "auto", crop_scale: Sequence[float] = (0.08, 1.0), flip_p: float = 0.5,
                     class_chunk: int = 100, devices: int = 1, cpu_threads: int | None = None,
-                    committee: Mapping[str, Any] | None = None,
+                    units_run: int | None = None, committee: Mapping[str, Any] | None = None,
                     priors: Sequence[float] | None = None, rded: Mapping[str, Any] | None = None,
                     work_dir: Path | None = None, trainer_kwargs: Mapping[str, Any] | None = None,
                     **_: Any) -> dict[str, Any]:
     dataset = dict(plain(dataset))  # plain containers: the job is pickled to spawned ranks
     check_recover({"init": init, "iterations": iterations, "class_chunk": class_chunk, "devices": devices,
+                   "units_run": units_run,
                    "committee": committee, "seed": seed, "priors": priors, "rded": rded,
                    "pool": {"models": [t["name"] for t in teachers]}}, dataset)
     schedule = committee_schedule([t["name"] for t in teachers], committee, seed, priors)
@@ -254,7 +268,7 @@ def distill_recover(source: ImageSource, dataset: Mapping[str, Any], out_dir: Pa
     store = UnitStore(work)
     progress = bool((trainer_kwargs or {}).get("enable_progress_bar", True))
     job = RecoverJob(teachers, dataset, settings, schedule, init, None, ipc, class_chunk, seed, work, progress,
-                     cpu_threads)
+                     cpu_threads, None if units_run is None else int(units_run))
     missing = [u for u in job.units() if not store.is_done(unit_name(*u))]
     init_selection = None
     if init == "rded":  # cheap and deterministic: recomputed on resume (the manifest records the selection)
@@ -280,6 +294,7 @@ def distill_recover(source: ImageSource, dataset: Mapping[str, Any], out_dir: Pa
     committees = {i: {"members": [teachers[m]["name"] for m in schedule.members(i)],
                       "weights": [round(float(w), 6) for w in schedule.weights(i)]} for i in range(ipc)}
     return {"method": method, "ipc": ipc, "seed": seed, "init": init, "iterations": int(iterations),
+            "units_run": job.units_run,
             "teachers": [{"name": t["name"], "key": t["key"]} for t in teachers],
             "priors": None if priors is None else [float(p) for p in priors],
             "committee": {"size": schedule.size, "mode": schedule.mode, "weights": schedule.weighting,

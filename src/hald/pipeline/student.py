@@ -67,7 +67,9 @@ def stage_train(ctx: Context, images: DistilledImages, store_path: Path, out_dir
         [L.pytorch.callbacks.LearningRateMonitor("epoch")] if loggers else [])
     trainer = L.Trainer(max_epochs=schedule.total_epochs, reload_dataloaders_every_n_epochs=1,
                         num_sanity_val_steps=0, callbacks=callbacks, logger=loggers or False,
-                        default_root_dir=str(out_dir), **OmegaConf.to_container(cfg.trainer, resolve=True))
+                        default_root_dir=str(out_dir),
+                        # Lightning's layer table is chatter in a log (trainer.enable_model_summary=true shows it)
+                        **{"enable_model_summary": False, **OmegaConf.to_container(cfg.trainer, resolve=True)})
     label_bytes = store_bytes(store_path)
     for lg in loggers:
         lg.log_hyperparams({"labels/bytes": label_bytes, "labels/slc": store.manifest["slc"],
