@@ -180,9 +180,10 @@ def fmt(v: Any) -> str:
     return str(v)
 
 
-def preset_section(p: Preset, row: dict[str, Any], costs: list[dict[str, Any]], gpu_tflops: float) -> str:
+def preset_section(p: Preset, row: dict[str, Any], costs: list[dict[str, Any]], store: tuple[int, int, int],
+                   gpu_tflops: float) -> str:
     res = row["results"]
-    shards, reserve, sli = store_bytes_full(p)
+    shards, reserve, sli = store
     head = [f"### {p.name}", "",
             f"`python src/run.py {' '.join(row['overrides']).replace(str(ROOT) + '/', '')}`: rc 0, "
             f"{row['wall_s']:.0f} s, peak memory {row['peak_rss_gb']:.2f} GB (max RSS).",
@@ -242,10 +243,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"rehearse {p.name}: FAILED rc {row['rc']}; last lines of its log:\n  " + "\n  ".join(tail),
                   flush=True)
             continue
-        costs = cost_rows(p, row, rates, args.gpu_tflops)
-        sections.append(preset_section(p, row, costs, args.gpu_tflops))
+        costs, store = cost_rows(p, row, rates, args.gpu_tflops), store_bytes_full(p)
+        sections.append(preset_section(p, row, costs, store, args.gpu_tflops))
         print(sections[-1], flush=True)
-        shards, _, _ = store_bytes_full(p)
+        shards = store[0]
         summary.append({"preset": p.name,
                         "stages": " ".join(f"{c['stage']}:{c['rehearsal']}" for c in costs),
                         "label B (rehearsal)": row["results"]["label_bytes"], "store B (full preset)": shards,

@@ -61,13 +61,17 @@ def _f(cfg: DictConfig, name: str, pretrained: Any) -> float:
     return forward_flops(name, int(d.num_classes), int(d.input_size), bool(pretrained))
 
 
+def _batch_limit(cfg: DictConfig, key: str) -> int | None:
+    """Trainer.limit_{train,val,test}_batches as a batch count (None: unset, or a fraction of the batches)."""
+    limit = cfg.trainer.get(key)
+    return limit if isinstance(limit, int) and not isinstance(limit, bool) else None
+
+
 def _steps(cfg: DictConfig, epochs: int, n: int, batch: int) -> int:
-    """Optimiser steps of `epochs` epochs over n items (Trainer.limit_train_batches and max_steps respected)."""
+    """Optimiser steps of `epochs` epochs over n items (Trainer.limit_train_batches respected)."""
+    limit = _batch_limit(cfg, "limit_train_batches")
     per_epoch = math.ceil(n / batch)
-    limit = cfg.trainer.get("limit_train_batches")
-    if isinstance(limit, int) and not isinstance(limit, bool):
-        per_epoch = min(per_epoch, limit)
-    return epochs * per_epoch
+    return epochs * (per_epoch if limit is None else min(per_epoch, limit))
 
 
 def _phase_ends(cfg: DictConfig, epochs: int, passes: int) -> set[int]:
@@ -88,10 +92,8 @@ def _evaluations(cfg: DictConfig, epochs: int, passes: int) -> int:
 
 def _tested(cfg: DictConfig, n_test: int, key: str) -> int:
     """Test images one evaluation reads (Trainer.limit_val_batches / limit_test_batches respected)."""
-    limit = cfg.trainer.get(key)
-    if isinstance(limit, int) and not isinstance(limit, bool):
-        return min(n_test, limit * int(cfg.train.eval_batch_size))
-    return n_test
+    limit = _batch_limit(cfg, key)
+    return n_test if limit is None else min(n_test, limit * int(cfg.train.eval_batch_size))
 
 
 def stage_costs(cfg: DictConfig, n_train: int, n_test: int, ipc: int | None = None,
