@@ -35,13 +35,13 @@ chaos: $(STAMP)  ## reliability: kill -9 and resume in every stage, DDP in every
 	WANDB_MODE=disabled OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests/test_reliability.py $(ARGS)
 
 bench: $(STAMP)  ## the five storage/data-path benchmarks (ratios side by side); writes experiments/bench.md; on a GPU: ARGS="--device cuda"
-	WANDB_MODE=disabled $(BIN)/python -m hald.bench $(ARGS)
+	WANDB_MODE=disabled $(BIN)/python -m hald_tools.bench $(ARGS)
 
 bench-quick: $(STAMP)  ## benchmarks 1-4 only (seconds; skips the accuracy multirun)
-	WANDB_MODE=disabled $(BIN)/python -m hald.bench --skip-accuracy --out outputs/bench-quick.md $(ARGS)
+	WANDB_MODE=disabled $(BIN)/python -m hald_tools.bench --skip-accuracy --out outputs/bench-quick.md $(ARGS)
 
 rehearse: $(STAMP)  ## every paper preset end to end at its real shape (stand-in data, shrunk counts); writes experiments/rehearse.md
-	WANDB_MODE=disabled $(BIN)/python -m hald.rehearse $(ARGS)
+	WANDB_MODE=disabled $(BIN)/python -m hald_tools.rehearse $(ARGS)
 
 clean:  ## remove outputs and caches (keeps .venv)
 	rm -rf outputs multirun .cache

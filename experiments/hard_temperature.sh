@@ -9,7 +9,7 @@ PY=${PY:-.venv/bin/python}
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 COMMON=(train.epochs=150 train.eval_phase_ends=false logger=none trainer.enable_progress_bar=false)
 for s in ${SEEDS:-0 1 2}; do
-  $PY src/run.py -m seed="$s" slc=10,20 schedule=S6,S8 hard_loss.temperature=5,20 "${COMMON[@]}" "$@" \
+  $PY src/run.py -m seed="$s" slc=10,20 schedule.preset=S6,S8 hard_loss.temperature=5,20 "${COMMON[@]}" "$@" \
     hydra.sweep.dir=outputs/hard_temperature/seed"$s" &
   [ "${PARALLEL:-1}" = 1 ] || wait
 done

@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 $PY src/run.py -m seed=0,1,2 hard_loss.temperature=1 soft_loss.t2=true,false optimizer.on_phase_switch=reset,keep \
   logger=none trainer.enable_progress_bar=false hydra.sweep.dir=outputs/phase_switch/hald
-$PY src/run.py -m seed=0,1,2 hard_loss.temperature=1 schedule=soft_only,hard_only \
+$PY src/run.py -m seed=0,1,2 hard_loss.temperature=1 schedule.preset=soft_only,hard_only \
   logger=none trainer.enable_progress_bar=false hydra.sweep.dir=outputs/phase_switch/baselines
 $PY -m hald.evaluate.report outputs/phase_switch/hald outputs/phase_switch/baselines \
   --by schedule soft_loss.t2 optimizer.on_phase_switch > experiments/phase_switch.md

@@ -14,9 +14,9 @@ export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
 COMMON=(hard_loss.temperature=1 train.epochs=150 train.eval_phase_ends=false logger=none trainer.enable_progress_bar=false)
 for s in ${SEEDS:-0 1 2}; do
   (
-    $PY src/run.py -m seed="$s" slc=10,20,50,200 schedule=S1,S2,S3,S4,S5,S6,S7,S8,soft_only \
+    $PY src/run.py -m seed="$s" slc=10,20,50,200 schedule.preset=S1,S2,S3,S4,S5,S6,S7,S8,soft_only \
       "${COMMON[@]}" "$@" hydra.sweep.dir=outputs/schedules/seed"$s"/soft
-    $PY src/run.py -m seed="$s" slc=10 schedule=hard_only \
+    $PY src/run.py -m seed="$s" slc=10 schedule.preset=hard_only \
       "${COMMON[@]}" "$@" hydra.sweep.dir=outputs/schedules/seed"$s"/hard
   ) &
   [ "${PARALLEL:-1}" = 1 ] || wait

@@ -13,10 +13,10 @@ from hald.data.sources import build_source
 from hald.data.sources.registry import class_names
 from hald.distill.recover import distill_recover
 from hald.models import build_backbone, save_weights
-from hald.rehearse import standins
-from hald.rehearse.__main__ import store_bytes_full
-from hald.rehearse.estimate import SPLITS, stage_costs
-from hald.rehearse.presets import BY_NAME, PRESETS
+from hald_tools.rehearse import standins
+from hald_tools.rehearse.__main__ import store_bytes_full
+from hald_tools.rehearse.estimate import SPLITS, stage_costs
+from hald_tools.rehearse.presets import BY_NAME, PRESETS
 
 MNIST = {"name": "mnist5k", "num_classes": 10, "channels": 1, "input_size": 28, "mean": [0.1307], "std": [0.3081]}
 
@@ -126,7 +126,7 @@ def test_make_rehearse_runs_a_preset_of_each_shape_end_to_end(tmp_path):
     a busy machine): Tiny-ImageNet at 64 px with every stage built, and HALD on a published ImageNet-1K set at
     224 px with 1,000 classes and torchvision's weight files (stand-ins) loaded by name."""
     presets = ["hald_tiny_slc50", "hald_in1k_rded"]
-    proc = subprocess.run([sys.executable, "-m", "hald.rehearse", "--only", ",".join(presets), "--work",
+    proc = subprocess.run([sys.executable, "-m", "hald_tools.rehearse", "--only", ",".join(presets), "--work",
                            str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=1800)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     text = (tmp_path / "rehearse.md").read_text()

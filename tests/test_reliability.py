@@ -356,7 +356,7 @@ def test_nan_loss_stops_with_one_line_and_a_valid_checkpoint(fast_cfg, monkeypat
 
     monkeypatch.setattr(module_mod, "soft_kl", nan_in_epoch_1)
     monkeypatch.setattr(module_mod.StudentModule, "training_step", step)
-    cfg = fast_cfg("train.epochs=4", "schedule=soft_only")
+    cfg = fast_cfg("train.epochs=4", "schedule.preset=soft_only")
     with pytest.raises(DivergedError, match="not finite at epoch 1") as e:
         pipeline.run(cfg)
     assert "optimizer.lr" in one_line(e.value)

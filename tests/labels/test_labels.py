@@ -8,7 +8,7 @@ from omegaconf import OmegaConf
 
 from hald import artifacts
 from hald.labels.store import open_store_for
-from hald.train.datamodule import SoftReplayDataset
+from hald.train.phases import SoftReplayDataset
 from hald.data.distilled import load_distilled, write_imagefolder
 from hald.data.replay import render
 from hald.labels.budget import LabelBudgetError, plan_passes, plan_store

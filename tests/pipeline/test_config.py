@@ -49,10 +49,12 @@ def test_student_objects_are_instantiated_from_the_config_and_follow_its_groups(
     from hald.train.schedule import make_schedule
 
     cfg = compose(["hard_loss.label_smoothing=0.3", "soft_loss.t2=false", "labels.temperature=4"], tmp_path)
+    phases = instantiate(cfg.student.phases)
     module = instantiate(cfg.student.module)(net=build_backbone("convnet_w32", 10, 1, 28), num_classes=10,
-                                             schedule=make_schedule("S6", 4), lr=0.01, eta=1.0)
+                                             schedule=make_schedule("S6", 4), phases=phases, lr=0.01, eta=1.0)
     assert isinstance(module, StudentModule)
     hp = module.hparams
-    assert (hp.label_smoothing, hp.t2, hp.temperature, hp.hard_temperature) == (0.3, False, 4, 4)
+    soft, hard = phases["soft"], phases["hard"]
+    assert (hard.label_smoothing, soft.loss.t2, soft.loss.temperature, hard.loss.temperature) == (0.3, False, 4, 4)
     assert list(hp.betas) == list(cfg.optimizer.betas) and hp.weight_decay == cfg.optimizer.weight_decay
     assert cfg.student.datamodule._target_ == "hald.train.datamodule.HALDDataModule"

@@ -7,7 +7,8 @@ from hald import pipeline
 from hald.data.distilled import load_distilled
 from hald.labels.store import open_store_for
 from hald.pipeline import cache, stages
-from hald.train.datamodule import HALDDataModule, SoftReplayDataset
+from hald.train.datamodule import HALDDataModule
+from hald.train.phases import SoftReplayDataset, standard_phases
 from hald.data.sources import build_source
 from hald.train.schedule import make_schedule
 
@@ -35,8 +36,8 @@ def test_datamodule_reads_phase_from_the_schedule_not_the_callback(fast_cfg):
     images = load_distilled(image_dir, build_source(cfg.dataset, "test").classes, 1)
     store, _ = stages.stage_relabel(ctx, images, key, teachers)
     schedule = make_schedule("S6", 6)
-    dm = HALDDataModule(images, open_store_for(store, images), cfg.dataset, schedule, build_source(cfg.dataset, "test"),
-                        soft_batch_size=16, hard_batch_size=8)
+    dm = HALDDataModule(images, open_store_for(store, images), cfg.dataset, schedule, standard_phases(16, 8),
+                        build_source(cfg.dataset, "test"))
     for epoch in range(6):  # no trainer, no callback: the loader alone picks the phase
         loader = dm.train_dataloader(epoch)
         is_soft = isinstance(loader.dataset, SoftReplayDataset)
@@ -48,7 +49,7 @@ def test_datamodule_reads_phase_from_the_schedule_not_the_callback(fast_cfg):
         else:
             assert batch[0].shape == (8, 1, 28, 28) and batch[1].shape == (8,)
     # two soft epochs (SLI = 2) cover every stored batch exactly once
-    ids = sorted(sum((dm.soft_dataset(e).groups for e in (0, 4)), []), key=lambda g: g[0])
+    ids = sorted(sum((dm.phases["soft"].dataset(e).groups for e in (0, 4)), []), key=lambda g: g[0])
     assert sorted(r for g in ids for r in g) == list(range(dm.store.num_records))
 
 
@@ -83,8 +84,8 @@ def test_soft_loader_with_workers_gives_the_same_batches(fast_cfg):
     out = pipeline.run(cfg)
     images = load_distilled(out["images"], [str(i) for i in range(10)], 1)
     dm = HALDDataModule(images, open_store_for(pipeline.Path(out["store"]), images), cfg.dataset, make_schedule("S6", 2),
-                        build_source(cfg.dataset, "test"), 8, 8)
-    ds = dm.soft_dataset(0)
+                        standard_phases(8, 8), build_source(cfg.dataset, "test"))
+    ds = dm.phases["soft"].dataset(0)
     a = list(DataLoader(ds, batch_size=None, num_workers=0))
     b = list(DataLoader(ds, batch_size=None, num_workers=2))
     assert len(a) == len(b) == len(ds)

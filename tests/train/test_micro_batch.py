@@ -9,20 +9,21 @@ from conftest import compose
 from hald.models import build_backbone
 from hald.train.losses import soft_kl
 from hald.train.module import StudentModule
+from hald.train.phases import standard_phases
 from hald.train.schedule import SOFT, make_schedule
 
 
 def _module(micro):
     torch.manual_seed(0)
     net = build_backbone("resnet18_cifar", 10, 3, 16)
-    return StudentModule(net, 10, make_schedule("soft_only", 2), lr=1e-3, temperature=20.0, t2=False,
-                         micro_batch_size=micro)
+    return StudentModule(net, 10, make_schedule("soft_only", 2), standard_phases(16, 16, temperature=20.0, t2=False),
+                         lr=1e-3, micro_batch_size=micro)
 
 
 def _batch():
     g = torch.Generator().manual_seed(1)
     return {"x": torch.randn(16, 3, 16, 16, generator=g),
-            "target": torch.softmax(torch.randn(16, 10, generator=g), 1), "phase": SOFT}
+            "target": torch.softmax(torch.randn(16, 10, generator=g), 1)}
 
 
 def _grads(module):
@@ -68,5 +69,6 @@ def test_whole_batch_by_default_and_the_config_reaches_the_module(tmp_path):
     assert module.micro_forward(torch.randn(4, 3, 16, 16)).shape == (4, 10)
     cfg = compose(["train.micro_batch_size=8"], tmp_path)
     built = instantiate(cfg.student.module)(net=build_backbone("convnet_w32", 10, 1, 28), num_classes=10,
-                                            schedule=make_schedule("S6", 4), lr=0.01, eta=1.0)
+                                            schedule=make_schedule("S6", 4), phases=instantiate(cfg.student.phases),
+                                            lr=0.01, eta=1.0)
     assert built.hparams.micro_batch_size == 8 and compose([], tmp_path).train.micro_batch_size is None

@@ -20,6 +20,7 @@ from hald.models.teachers import Committee
 from hald.train.callbacks import PhaseScheduler
 from hald.train.datamodule import HALDDataModule
 from hald.train.module import StudentModule
+from hald.train.phases import standard_phases
 from hald.train.resume import StepSeed
 from hald.train.schedule import HARD, SOFT, Schedule
 
@@ -50,8 +51,8 @@ def data(tmp_path):
 
 def datamodule(data, on_device, **kw):
     distilled, store = data
-    return HALDDataModule(distilled, store, DS, SCHEDULE, TensorDataset(distilled.images, distilled.targets),
-                          soft_batch_size=5, hard_batch_size=4, seed=3, images_on_device=on_device, **kw)
+    return HALDDataModule(distilled, store, DS, SCHEDULE, standard_phases(5, 4),
+                          TensorDataset(distilled.images, distilled.targets), seed=3, images_on_device=on_device, **kw)
 
 
 def test_device_path_gives_the_loaders_pixels(data):
@@ -83,8 +84,8 @@ def test_auto_renders_on_accelerators_when_the_images_fit(data):
 
 def fit(data, on_device):
     torch.manual_seed(0)
-    module = StudentModule(build_backbone("convnet_w32", 3, 3, 16), 3, SCHEDULE, lr=1e-3)
     dm = datamodule(data, on_device)
+    module = StudentModule(build_backbone("convnet_w32", 3, 3, 16), 3, SCHEDULE, dm.phases, lr=1e-3)
     rendered = []
     upload = dm.device_images
     dm.device_images = lambda device: rendered.append(device) or upload(device)

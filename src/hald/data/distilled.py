@@ -33,6 +33,7 @@ class DistilledImages:
     files: list[str]       # paths relative to root, in image-id order (class, then file name)
     classes: list[str]
     sha256: str            # hash of (relative path, file content) of every image: names the set exactly
+    root: str = ""         # the folder it was read from
 
     def __len__(self) -> int:
         return int(self.targets.numel())
@@ -149,7 +150,7 @@ def load_distilled(root: Path | str, classes: list[str], channels: int) -> Disti
                              f"per class); fix: give every class the same number of images")
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     return DistilledImages(images=images, targets=torch.tensor(targets, dtype=torch.int64), files=files,
-                           classes=list(classes), sha256=digest.hexdigest())
+                           classes=list(classes), sha256=digest.hexdigest(), root=str(root))
 
 
 def write_imagefolder(root: Path, images: torch.Tensor, targets: torch.Tensor) -> None:

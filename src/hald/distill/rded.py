@@ -22,8 +22,9 @@ No optimisation. The same selection initialises SRe2L++ / CV-DD recover (`init: 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, List, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -36,7 +37,7 @@ from hald.console import track
 from hald.data.distilled import write_imagefolder
 from hald.data.sources import ImageSource
 from hald.distill.pixels import normalize
-from hald.distill.registry import register
+from hald.distill.registry import Cost, Work, register
 from hald.distill.runtime import load_pool_teacher, make_fabric, save_grid
 from hald.seeding import seed_of
 from hald.errors import ConfigError
@@ -149,7 +150,40 @@ def check_rded(dcfg: Mapping[str, Any], dataset: Mapping[str, Any]) -> None:
                           f"fix: positive values")
 
 
-@register("rded", check=check_rded)
+def rded_real_images(dcfg: Mapping[str, Any], dataset: Mapping[str, Any]) -> int:
+    """RDED tiles ipc * factor^2 crops of distinct real images per class."""
+    return int(dcfg.get("ipc") or 0) * resolve_factor(dcfg.get("factor", "auto"), int(dataset["input_size"])) ** 2
+
+
+def rded_work(dcfg: Mapping[str, Any], dataset: Mapping[str, Any], teacher: Mapping[str, Any], counted: bool
+              ) -> Work:
+    """The teacher forwards of an RDED selection: num_crops crops of mipc real images per class (`counted`:
+    they are the stage's units)."""
+    crops = int(dataset["num_classes"]) * int(dcfg.get("mipc", 300)) * int(dcfg.get("num_crops", 5))
+    return Work(str(teacher["models"][0]), crops, pretrained=teacher.get("pretrained"),
+                units=crops if counted else 0, label="RDED scoring" if counted else f"RDED init: {crops} crops scored")
+
+
+def rded_cost(dcfg: Mapping[str, Any], dataset: Mapping[str, Any], ipc: int) -> Cost:
+    return Cost("crops scored", (rded_work(dcfg, dataset, dcfg["pool"], counted=True),))
+
+
+@dataclass
+class RdedConfig:
+    method: str = "rded"
+    pool: Any = None
+    ipc: int = 10
+    seed: int = 0
+    factor: Any = "auto"
+    mipc: int = 300
+    num_crops: int = 5
+    crop_scale: List[float] = field(default_factory=lambda: [0.08, 1.0])
+    batch_size: int = 256
+    holdout: Any = None
+
+
+@register("rded", uses_teacher=True, check=check_rded, real_images=rded_real_images, cost=rded_cost,
+          config=RdedConfig)
 def distill_rded(source: ImageSource, dataset: Mapping[str, Any], out_dir: Path, teachers: list[dict[str, Any]],
                  ipc: int, seed: int, factor: int | str = "auto", mipc: int = 300, num_crops: int = 5,
                  crop_scale: Sequence[float] = (0.08, 1.0), batch_size: int = 256,
@@ -161,7 +195,7 @@ def distill_rded(source: ImageSource, dataset: Mapping[str, Any], out_dir: Path,
     k = images.shape[0]
     write_imagefolder(Path(out_dir) / "images", images.flatten(0, 1), torch.arange(k).repeat_interleave(ipc))
     save_grid(Path(out_dir) / "grid.png", images, per_row=ipc)
-    return {"method": "rded", "ipc": ipc, "seed": seed, "teachers": [{"name": teachers[0]["name"],
-                                                                       "key": teachers[0]["key"]}],
+    return {"method": "rded", "ipc": ipc, "seed": seed, "teachers": [{"name": teachers[0].name,
+                                                                       "key": teachers[0].key}],
             "factor": resolve_factor(factor, int(dataset["input_size"])), "mipc": mipc, "num_crops": num_crops,
             "selection": records, "images_dir": "images", "grid": "grid.png"}

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, List, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -38,8 +38,8 @@ from hald.distill.augment import jitter_batch
 from hald.distill.bn_matching import BNStatistics
 from hald.distill.committee import CommitteeSchedule
 from hald.distill.pixels import normalize, to_uint8, valid_range
-from hald.distill.rded import rded_images, resolve_factor
-from hald.distill.registry import register
+from hald.distill.rded import rded_images, rded_work, resolve_factor
+from hald.distill.registry import Cost, Work, register
 from hald.distill.runtime import intra_op_threads, load_pool_teacher, make_fabric, save_grid
 from hald.seeding import seed_of
 from hald.errors import ConfigError
@@ -188,7 +188,7 @@ def run_rank(fabric, job: RecoverJob) -> None:
                     nets[m] = load_pool_teacher(job.teachers[m], job.dataset, fabric.device)
             cls = job.classes(k)
             unit_seed = seed_of(job.seed, i, k)
-            voters = "+".join(job.teachers[m]["name"] for m in members)
+            voters = "+".join(job.teachers[m].name for m in members)
             bar.update(task, description=f"recover ipc {i} chunk {k} [{voters}]")
 
             def on_log(t: int, vals: dict[str, float]) -> None:
@@ -206,7 +206,7 @@ def run_rank(fabric, job: RecoverJob) -> None:
                 x, hist = recover_unit([nets[m] for m in members], weights.to(fabric.device), x0,
                                        torch.tensor(cls, device=fabric.device), job.dataset, s, on_log)
             write_unit(store, i, k, to_uint8(x, job.dataset), cls, {
-                "rank": fabric.global_rank, "seed": unit_seed, "members": [job.teachers[m]["name"] for m in members],
+                "rank": fabric.global_rank, "seed": unit_seed, "members": [job.teachers[m].name for m in members],
                 "weights": [round(float(w), 6) for w in weights], "iterations": s.iterations,
                 "first": {key: hist[key][0] for key in ("ce", "bn", "loss")},
                 "last": {key: hist[key][-1] for key in ("ce", "bn", "loss")}})
@@ -245,7 +245,79 @@ def check_recover(dcfg: Mapping[str, Any], dataset: Mapping[str, Any]) -> None:
         resolve_factor((dcfg.get("rded") or {}).get("factor", "auto"), int(dataset["input_size"]))
 
 
-@register("sre2l", "sre2lpp", "cvdd", check=check_recover, collective=True)
+def recover_real_images(dcfg: Mapping[str, Any], dataset: Mapping[str, Any]) -> int:
+    """SRe2L starts from noise; SRe2L++ / CV-DD initialise from RDED images (ipc * factor^2 real crops)."""
+    if dcfg.get("init") != "rded":
+        return 0
+    factor = resolve_factor((dcfg.get("rded") or {}).get("factor", "auto"), int(dataset["input_size"]))
+    return int(dcfg.get("ipc") or 0) * factor ** 2
+
+
+def recover_cost(dcfg: Mapping[str, Any], dataset: Mapping[str, Any], ipc: int) -> Cost:
+    """Units (IPC index, class chunk) x iterations x the unit's voters (a training pass each), plus the RDED
+    selection of init=rded."""
+    pool, C = dcfg["pool"], int(dataset["num_classes"])
+    names = list(pool["models"])
+    chunk = int(dcfg.get("class_chunk", 100))
+    chunks = -(-C // chunk)
+    schedule = committee_schedule(names, dcfg.get("committee"), int(dcfg.get("seed", 0)), [0.0] * len(names))
+    iters = int(dcfg.get("iterations", 4000))
+    units = [(i, k) for i in range(ipc) for k in range(chunks)]
+    cap = dcfg.get("units_run")
+    run = units if cap is None else units[:int(cap)]
+    work = [Work(names[m], iters * min(chunk, C - k * chunk), train=True, pretrained=pool.get("pretrained"),
+                 units=iters if j == 0 else 0.0)
+            for i, k in run for j, m in enumerate(schedule.members(i))]
+    if dcfg.get("init") == "rded":
+        work.append(rded_work(dict(dcfg.get("rded") or {}), dataset, pool, counted=False))
+    return Cost("unit iterations", tuple(work), f"{len(run)} of {len(units)} units x {iters} iterations")
+
+
+def recover_needs_priors(dcfg: Mapping[str, Any]) -> bool:
+    """CV-DD committees weighted by softmax(alpha / T) need each pool teacher's prior alpha (measured by
+    pipeline/priors.py unless `distill.priors` gives them)."""
+    committee = dcfg.get("committee") or {}
+    return (dcfg.get("priors") is None and committee.get("weights", "prior") == "prior"
+            and int(committee.get("size", 1)) > 1)
+
+
+def recover_single_teacher(dcfg: Mapping[str, Any]) -> dict[str, Any]:
+    """The one-teacher recover that measures a pool teacher's prior: SRe2L++ with the same recipe (SRe2L from
+    noise when the committee starts from noise), one fixed voter."""
+    return {"method": "sre2lpp" if dcfg.get("init") == "rded" else "sre2l",
+            "committee": {"size": 1, "mode": "fixed", "fixed": [0], "weights": "equal"}}
+
+
+@dataclass
+class RecoverConfig:
+    """The keys of conf/distill/sre2l.yaml, sre2lpp.yaml and cvdd.yaml (documented there)."""
+    method: str = "sre2l"
+    pool: Any = None
+    ipc: int = 10
+    seed: int = 0
+    init: str = "noise"
+    iterations: int = 4000
+    lr: float = 0.25
+    betas: List[float] = field(default_factory=lambda: [0.5, 0.9])
+    r_bn: float = 0.01
+    first_bn_multiplier: float = 10.0
+    jitter: Any = "auto"
+    crop_scale: List[float] = field(default_factory=lambda: [0.08, 1.0])
+    flip_p: float = 0.5
+    class_chunk: int = 100
+    units_run: Optional[int] = None
+    devices: int = 1
+    cpu_threads: Optional[int] = None
+    committee: Any = None
+    priors: Optional[List[float]] = None
+    prior: Any = None
+    rded: Any = None
+    holdout: Any = None
+
+
+@register("sre2l", "sre2lpp", "cvdd", uses_teacher=True, collective=True, check=check_recover,
+          real_images=recover_real_images, cost=recover_cost, needs_priors=recover_needs_priors,
+          single_teacher=recover_single_teacher, config=RecoverConfig)
 def distill_recover(source: ImageSource, dataset: Mapping[str, Any], out_dir: Path, teachers: list[dict[str, Any]],
                     method: str, ipc: int, seed: int, init: str = "noise", iterations: int = 4000, lr: float = 0.25,
                     betas: Sequence[float] = (0.5, 0.9), r_bn: float = 0.01, first_bn_multiplier: float = 10.0,
@@ -259,8 +331,8 @@ def distill_recover(source: ImageSource, dataset: Mapping[str, Any], out_dir: Pa
     check_recover({"init": init, "iterations": iterations, "class_chunk": class_chunk, "devices": devices,
                    "units_run": units_run,
                    "committee": committee, "seed": seed, "priors": priors, "rded": rded,
-                   "pool": {"models": [t["name"] for t in teachers]}}, dataset)
-    schedule = committee_schedule([t["name"] for t in teachers], committee, seed, priors)
+                   "pool": {"models": [t.name for t in teachers]}}, dataset)
+    schedule = committee_schedule([t.name for t in teachers], committee, seed, priors)
     settings = RecoverSettings(int(iterations), float(lr), tuple(betas), float(r_bn), float(first_bn_multiplier),
                                resolve_jitter(jitter, int(dataset["input_size"])), tuple(crop_scale), float(flip_p))
     own_work_dir = work_dir is None
@@ -291,11 +363,11 @@ def distill_recover(source: ImageSource, dataset: Mapping[str, Any], out_dir: Pa
         shutil.rmtree(work, ignore_errors=True)
     made = load_distilled(Path(out_dir) / "images", [str(k) for k in range(job.num_classes)], int(dataset["channels"]))
     save_grid(Path(out_dir) / "grid.png", made.images.view(job.num_classes, ipc, *made.images.shape[1:]), ipc)
-    committees = {i: {"members": [teachers[m]["name"] for m in schedule.members(i)],
+    committees = {i: {"members": [teachers[m].name for m in schedule.members(i)],
                       "weights": [round(float(w), 6) for w in schedule.weights(i)]} for i in range(ipc)}
     return {"method": method, "ipc": ipc, "seed": seed, "init": init, "iterations": int(iterations),
             "units_run": job.units_run,
-            "teachers": [{"name": t["name"], "key": t["key"]} for t in teachers],
+            "teachers": [{"name": t.name, "key": t.key} for t in teachers],
             "priors": None if priors is None else [float(p) for p in priors],
             "committee": {"size": schedule.size, "mode": schedule.mode, "weights": schedule.weighting,
                           "temperature": schedule.temperature, "per_ipc_index": committees},

@@ -10,6 +10,7 @@ import torch
 import torch.nn as nn
 
 from hald.models import load_teacher
+from hald.models.teachers import Teacher
 
 
 def make_fabric(trainer_kwargs: Mapping[str, Any] | None, devices: int = 1):
@@ -27,12 +28,11 @@ def make_fabric(trainer_kwargs: Mapping[str, Any] | None, devices: int = 1):
     return Fabric(accelerator=accelerator, devices=devices, strategy=strategy)
 
 
-def load_pool_teacher(teacher: Mapping[str, Any], dataset: Mapping[str, Any], device: torch.device) -> nn.Module:
+def load_pool_teacher(teacher: Teacher, dataset: Mapping[str, Any], device: torch.device) -> nn.Module:
     """A frozen teacher in eval mode (BatchNorm uses running statistics: they are recover's targets)."""
-    source = str(teacher.get("source") or "")
-    pretrained = source if source.startswith("torchvision") else None  # torchvision:<weights enum>
-    net = load_teacher(teacher["name"], int(dataset["num_classes"]), int(dataset["channels"]),
-                       int(dataset["input_size"]), teacher.get("weights"), pretrained)
+    pretrained = teacher.source if teacher.source.startswith("torchvision") else None  # torchvision:<weights enum>
+    net = load_teacher(teacher.name, int(dataset["num_classes"]), int(dataset["channels"]),
+                       int(dataset["input_size"]), teacher.weights, pretrained)
     return net.to(device).eval().requires_grad_(False)
 
 

@@ -1,6 +1,7 @@
 """`distill=random`: a seeded random subset of real training images, IPC per class, as a PNG ImageFolder."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -11,7 +12,7 @@ from hald.console import track
 from hald.distill.runtime import save_grid
 from hald.data.distilled import write_imagefolder
 from hald.data.sources import ImageSource
-from hald.distill.registry import register
+from hald.distill.registry import Cost, register
 
 
 def select_random(targets: list[int], num_classes: int, ipc: int, seed: int) -> list[int]:
@@ -27,7 +28,23 @@ def select_random(targets: list[int], num_classes: int, ipc: int, seed: int) -> 
     return chosen
 
 
-@register("random")
+def random_real_images(dcfg: Mapping[str, Any], dataset: Mapping[str, Any]) -> int:
+    """`random` takes ipc real images of each class."""
+    return int(dcfg.get("ipc") or 0)
+
+
+def random_cost(dcfg: Mapping[str, Any], dataset: Mapping[str, Any], ipc: int) -> Cost:
+    return Cost("images copied")
+
+
+@dataclass
+class RandomConfig:
+    method: str = "random"
+    ipc: int = 10
+    seed: int = 0
+
+
+@register("random", real_images=random_real_images, cost=random_cost, config=RandomConfig)
 def distill_random(source: ImageSource, dataset: Mapping[str, Any], ipc: int, seed: int, out_dir: Path,
                    **_: Any) -> dict[str, Any]:
     """Write the subset into out_dir/images/<class:05d>/<k:05d>.png at the dataset's input size."""

@@ -102,7 +102,7 @@ def lvsd(teacher: nn.Module, images: torch.Tensor, targets: torch.Tensor, store:
 def store_teacher(store_path: Path, teacher_cfg: Mapping[str, Any], dataset: Mapping[str, Any]) -> nn.Module:
     """The teacher(s) that made a label store, from its manifest: squeezed teachers live in the same cache
     (`<cache>/squeeze/<key>`), given ones in teacher.checkpoints; weighted as the store records."""
-    from hald.models.teachers import build_committee
+    from hald.models.teachers import Teacher, build_committee
 
     manifest = json.loads((Path(store_path) / "manifest.json").read_text())
     cache = Path(store_path).resolve().parent.parent
@@ -110,7 +110,7 @@ def store_teacher(store_path: Path, teacher_cfg: Mapping[str, Any], dataset: Map
     for i, t in enumerate(manifest["teachers"]):
         weights = {"squeeze": str(cache / "squeeze" / t["key"] / "teacher.safetensors"),
                    "checkpoint": (teacher_cfg.get("checkpoints") or [None] * (i + 1))[i]}.get(t["source"])
-        members.append({"name": t["name"], "weights": weights})
+        members.append(Teacher(t["name"], t["key"], weights, source=t["source"]))
     return build_committee(members, dataset, torch.tensor(manifest["teacher_weights"]), "eval",
                            teacher_cfg.get("pretrained"))
 

@@ -1,15 +1,17 @@
 """Aggregate runs (results.json + .hydra/config.yaml) into markdown tables (mean and std over seeds), and the
 full report with figures (`write_report`, used by `python src/report.py DIR`).
 
-    python -m hald.evaluate.report outputs/<sweep dir> [more dirs] --by schedule soft_loss.t2
+    hald report outputs/<sweep dir> [more dirs] --by schedule soft_loss.t2   (= python src/report.py ...)
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import os
 import shutil
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -229,15 +231,39 @@ def to_wandb(run: Any, tables: dict[str, str], images: dict[str, Path]) -> None:
     run.log({f"report/{name}": wandb.Image(str(p)) for name, p in images.items()})
 
 
+def wandb_run(enabled: bool, name: str):
+    """The active W&B run, or a new offline one with --wandb; None when W&B is off or not installed."""
+    if not enabled:
+        return None
+    try:
+        import wandb
+    except ImportError:
+        print("wandb is not installed: tables and images are written to disk only", file=sys.stderr)
+        return None
+    return wandb.run or wandb.init(project="hald", job_type="report", name=name,
+                                   mode=os.environ.get("WANDB_MODE", "offline"))
+
+
 def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("roots", nargs="+", type=Path)
-    ap.add_argument("--by", nargs="+", default=["schedule", "slc"])
+    """`hald report DIR [...]` (= python src/report.py): markdown tables and PNG figures into DIR/report/;
+    `--print` only prints the table; `--wandb` also logs the tables and images to a W&B run."""
+    ap = argparse.ArgumentParser(description="tables and figures over run / multirun dirs")
+    ap.add_argument("dirs", nargs="+", type=Path, help="run or multirun directories (results.json below them)")
+    ap.add_argument("--by", nargs="+", default=["schedule", "slc"], help="config keys that make a table row")
+    ap.add_argument("--print", action="store_true", help="print the table only (no files)")
+    ap.add_argument("--wandb", action="store_true", help="also log the tables and images to W&B")
     args = ap.parse_args(argv)
-    runs = collect(args.roots)
-    if not runs:
-        raise SystemExit(f"no results.json under {[str(r) for r in args.roots]}")
-    print(table(runs, args.by))
+    if args.print:
+        runs = collect(args.dirs)
+        if not runs:
+            raise SystemExit(f"no results.json under {[str(r) for r in args.dirs]}")
+        print(table(runs, args.by))
+        return
+    for d in args.dirs:
+        run = wandb_run(args.wandb, f"report-{d.name}")
+        print(f"report: {write_report(d, args.by, run)}")
+        if run is not None:
+            run.finish()
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, Iterator, Mapping, Sequence
 
 import torch
@@ -10,6 +11,22 @@ import torch.nn.functional as F
 from torch.nn.modules.batchnorm import _BatchNorm
 
 TEACHER_MODES = ("eval", "bssl")
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """One teacher as the stages hand it on: its model name, cache key, weights file (None: pretrained
+    weights named by `source`), its test top-1 when it was squeezed here, whether it was reused, and where it
+    came from (squeeze | checkpoint | torchvision:<weights enum>)."""
+    name: str
+    key: str
+    weights: str | None = None
+    top1: float | None = None
+    reused: bool = True
+    source: str = "squeeze"
+
+    def summary(self) -> dict[str, Any]:
+        return {"name": self.name, "top1": self.top1, "source": self.source, "reused": self.reused}
 
 
 @contextmanager
@@ -106,12 +123,12 @@ class Committee(nn.Module):
         return z
 
 
-def build_committee(members: Sequence[Mapping[str, Any]], dataset: Mapping[str, Any],
+def build_committee(members: Sequence[Teacher], dataset: Mapping[str, Any],
                     weights: torch.Tensor | None = None, mode: str = "eval", pretrained: str | None = None) -> Committee:
-    """The one way a list of teachers ({name, weights: a safetensors path or None}) becomes a Committee:
+    """The one way a list of teachers (name, weights: a safetensors path or None) becomes a Committee:
     relabel's labellers, and the analyses that need the teachers that made a store (LVSD)."""
     from hald.models.build import load_teacher
 
-    nets = [load_teacher(m["name"], int(dataset["num_classes"]), int(dataset["channels"]), int(dataset["input_size"]),
-                         m.get("weights"), pretrained) for m in members]
+    nets = [load_teacher(m.name, int(dataset["num_classes"]), int(dataset["channels"]), int(dataset["input_size"]),
+                         m.weights, pretrained) for m in members]
     return Committee(nets, weights, mode)

@@ -16,42 +16,43 @@ from typing import Any
 from omegaconf import DictConfig
 
 from hald import artifacts, dist
+from hald.plugins import load_plugins
 from hald.evaluate.summary import print_summary
 from hald.pipeline.cache import Context
 from hald.pipeline.evaluate import stage_evaluate
-from hald.pipeline.preflight import preflight
+from hald.pipeline.preflight import adopt_store, preflight
 from hald.pipeline.priors import stage_priors
-from hald.pipeline.stages import images_and_labels, needs_priors, needs_teacher, squeeze_teachers, stage_squeeze
+from hald.pipeline.stages import (Made, distill_teachers, images_and_labels, needs_priors, needs_teacher,
+                                  stage_squeeze)
 from hald.pipeline.student import stage_train
 from hald.pipeline.tracking import log_run_end
 
 
 def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
     """The whole trip; returns (and writes as results.json) the run's summary."""
-    folder_images = preflight(cfg)
+    load_plugins(cfg.get("plugins"))  # a user's own methods, codecs, datasets, phases, losses
+    checked = preflight(cfg)  # every input checked, nothing built, nothing changed
+    cfg = adopt_store(cfg, checked.store)  # a passed-in store's label settings: its manifest is the truth
     if dist.wants_ddp(cfg.trainer):  # every stage in the DDP world: ranks > 0 re-run this script (dist.py)
         dist.launch(cfg.trainer)
     out_dir = out_dir or output_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx = Context(cfg, Path(cfg.paths.cache_dir).expanduser().resolve())
     teachers = stage_squeeze(ctx) if needs_teacher(cfg) else []
-    pool = squeeze_teachers(ctx, cfg.distill.pool) if cfg.distill.get("pool") else None  # a committee's own
-    priors = stage_priors(ctx, pool, teachers) if pool and needs_priors(cfg.distill) else None
-    made = images_and_labels(ctx, teachers, priors, folder_images)
+    pool = distill_teachers(ctx)  # the teachers the method distils with (its own committee, or `teacher`'s)
+    priors = stage_priors(ctx, pool, teachers) if needs_priors(cfg.distill) else None
+    made = images_and_labels(ctx, teachers, pool, priors, checked.images)
     preview = distilled_preview(made, out_dir)
-    lineage = {"teachers": {t["name"]: t["key"] for t in teachers}, "images": made["image_key"]}
-    result = stage_train(ctx, made["images"], made["store"], out_dir, preview=preview, lineage=lineage)
-    is_global_zero = result.pop("is_global_zero")
-    result.update(stage_evaluate(ctx, teachers, made, result, out_dir))
+    lineage = {"teachers": {t.name: t.key for t in teachers}, "images": made.image_key}
+    result = stage_train(ctx, made.images, made.store, out_dir, preview=preview, lineage=lineage)
+    extra = stage_evaluate(ctx, teachers, made, result, out_dir)
     summary = {
-        "dataset": cfg.dataset.name, "student": cfg.model.name,
-        "teachers": [{"name": t["name"], "top1": t["top1"], "source": t["source"], "reused": t["reused"]}
-                     for t in teachers],
-        "distill": cfg.distill.method, "images": str(made["image_dir"]), "images_reused": made["images_reused"],
-        "labels_reused": made["store_reused"], "timings_s": {k: round(v, 1) for k, v in ctx.timings.items()},
-        "output_dir": str(out_dir), **result,
+        "dataset": cfg.dataset.name, "student": cfg.model.name, "teachers": [t.summary() for t in teachers],
+        "distill": cfg.distill.method, "images": str(made.image_dir), "images_reused": made.images_reused,
+        "labels_reused": made.store_reused, "timings_s": {k: round(v, 1) for k, v in ctx.timings.items()},
+        "output_dir": str(out_dir), **result.summary(), **extra,
     }
-    if is_global_zero:
+    if dist.rank() == 0:
         artifacts.write_json_atomic(out_dir / "results.json", summary)
         print_summary(summary)
         log_run_end(summary)
@@ -64,10 +65,10 @@ def output_dir(cfg: DictConfig) -> Path:
     return Path(HydraConfig.get().runtime.output_dir) if HydraConfig.initialized() else Path(cfg.paths.output_dir)
 
 
-def distilled_preview(made: dict[str, Any], out_dir: Path) -> Path | None:
-    """The distill stage's image grid, copied into the run dir (W&B logs it); none for a folder passed in."""
-    grid = made["image_dir"].parent / "grid.png"
-    if made["image_key"] == "folder" or not grid.is_file():
+def distilled_preview(made: Made, out_dir: Path) -> Path | None:
+    """The distill stage's image grid, copied into the run dir (W&B logs it); none for a set passed in."""
+    grid = made.image_dir.parent / "grid.png"
+    if made.given or not grid.is_file():
         return None
     shutil.copy2(grid, out_dir / "distilled_grid.png")
     return grid

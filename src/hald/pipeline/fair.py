@@ -12,7 +12,8 @@ from hald.data.sources import build_source
 from hald.evaluate.fair import ROLES, mean_std, scores
 from hald.pipeline.cache import Context
 from hald.pipeline.derived import derive, trained
-from hald.pipeline.stages import images_and_labels
+from hald.models.teachers import Teacher
+from hald.pipeline.stages import Made, images_and_labels
 
 log = logging.getLogger("hald")
 
@@ -39,18 +40,18 @@ def random_subset(ipc: int, seed: int) -> dict[str, Any]:
     return {"distill": {"method": "random", "ipc": ipc, "seed": seed}, "ipc": ipc, "labels.store": None}
 
 
-def top1(ctx: Context, role: str, cfg: DictConfig, made: dict[str, Any]) -> float:
+def top1(ctx: Context, role: str, cfg: DictConfig, made: Made) -> float:
     """Test top-1 (%) of a student trained by `cfg` on these images and labels (cached)."""
     res = trained(ctx, "fair", cfg, made, {"role": role})
     log.info("fair: %s seed %s: top-1 %.2f%%", role, cfg.seed, res["top1"])
     return float(res["top1"])
 
 
-def chain(ctx: Context, cfg: DictConfig, teachers: list[dict[str, Any]]) -> dict[str, Any]:
+def chain(ctx: Context, cfg: DictConfig, teachers: list[Teacher]) -> Made:
     return images_and_labels(Context(cfg, ctx.cache), teachers)
 
 
-def evaluate_fair(ctx: Context, teachers: list[dict[str, Any]], made: dict[str, Any], main_top1: float
+def evaluate_fair(ctx: Context, teachers: list[Teacher], made: Made, main_top1: float
                   ) -> dict[str, Any]:
     """HLR, IOR, LRS per seed of `evaluate.seeds`, with mean and std; accuracies as fractions."""
     cfg = ctx.cfg
@@ -64,7 +65,7 @@ def evaluate_fair(ctx: Context, teachers: list[dict[str, Any]], made: dict[str, 
         acc["syn_recipe"] = main_top1 if seed == int(cfg.seed) else top1(
             ctx, "syn_recipe", derive(cfg, seed=seed), made)
         acc["syn_hard"] = top1(ctx, "syn_hard", derive(cfg, seed=seed, **hard_labels(cfg, ev.hard.epochs)), made)
-        rcfg = derive(cfg, **random_subset(made["images"].ipc, seed))
+        rcfg = derive(cfg, **random_subset(made.images.ipc, seed))
         acc["random_recipe"] = top1(ctx, "random_recipe", derive(rcfg, seed=seed), chain(ctx, rcfg, teachers))
         if ev.real.top1 is not None:
             acc["real_hard"] = float(ev.real.top1)

@@ -2,56 +2,57 @@
 stops with one "cause; fix:" line instead of after hours of squeeze or recover."""
 from __future__ import annotations
 
+import copy
 import logging
 from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from hald import dist
 from hald.data.distilled import DistilledImages, load_distilled
 from hald.data.sources import build_source, check_source, class_names
-from hald.distill import check_method, real_images_needed
+from hald.distill import Method, check_method, method_of
 from hald.errors import ConfigError, InputError
 from hald.labels.budget import plan_passes
 from hald.labels.relabel import check_bssl_group, groups_per_forward
 from hald.labels.store import LabelStore, check_soft_batch, open_store_for
 from hald.models.build import check_checkpoint, torchvision_weights
-from hald.pipeline.stages import needs_priors, plan_relabel
-from hald.train.callbacks import ON_SWITCH
-from hald.train.schedule import make_schedule
+from hald.pipeline.stages import plan_relabel
+from hald.pipeline.student import build_schedule
+from hald.schema import validate
 
 log = logging.getLogger("hald")
-TOP_LEVEL_KEYS = {"dataset", "model", "teacher", "distill", "labels", "schedule", "train", "soft_loss", "hard_loss",
-                  "optimizer", "trainer", "logger", "paths", "seed", "ipc", "slc", "label_budget", "task_name", "tags",
-                  "hydra", "experiment", "local", "evaluate", "student"}
 
 
-def preflight(cfg: DictConfig) -> DistilledImages | None:
-    """Check everything that can be checked before work starts; returns the images of distill=folder."""
-    unknown = sorted(set(cfg.keys()) - TOP_LEVEL_KEYS)
-    if unknown:
-        raise ConfigError(f"unknown config key(s) {unknown}; fix: remove them (see conf/config.yaml for the keys)")
-    check_added_keys(added_keys())
+@dataclass(frozen=True)
+class Checked:
+    """What pre-flight opened while checking, handed on so nothing is read twice: the images of a given set
+    (distill=folder) and the label store passed in (its manifest is the truth: `adopt_store`)."""
+    images: DistilledImages | None = None
+    store: LabelStore | None = None
+
+
+def preflight(cfg: DictConfig) -> Checked:
+    """Check everything that can be checked before work starts; changes nothing (the config included)."""
+    validate(cfg)  # the schema: unknown keys, types, enums, positive counts (hald/schema.py)
     check_source(cfg.dataset)
-    if cfg.optimizer.on_phase_switch not in ON_SWITCH:
-        raise ConfigError(f"optimizer.on_phase_switch={cfg.optimizer.on_phase_switch}; fix: one of {ON_SWITCH}")
-    check_counts(cfg)
+    method = method_of(cfg.distill.method)
+    check_counts(cfg, method)
     try:
-        make_schedule(cfg.schedule.preset, int(cfg.train.epochs), float(cfg.schedule.soft_fraction), 1,
-                      cfg.schedule.get("pool", "run"))
+        build_schedule(cfg, passes=1)
     except ValueError as e:
         raise ConfigError(f"schedule {cfg.schedule.preset} over train.epochs={cfg.train.epochs}: {e}") from None
-    images = None
-    if cfg.distill.method == "folder":
-        if OmegaConf.is_missing(cfg.distill, "path") or not cfg.distill.get("path"):
-            raise ConfigError("distill=folder needs distill.path; fix: distill.path=/path/to/distilled/images")
-        images = load_distilled(Path(cfg.distill.path).expanduser(), class_names(cfg.dataset),
-                                int(cfg.dataset.channels))
+    dcfg = OmegaConf.to_container(cfg.distill, resolve=True)
+    check_method(dcfg, cfg.dataset)
+    images = method.build(dcfg, cfg.dataset) if method.given else None  # a set on disk: opened and verified
+    store = None
     if cfg.labels.store is None:
         check_labels(cfg, images)
     else:
-        adopt_store(cfg, explicit_keys())
+        store = check_store(cfg, explicit_keys())
         if images is not None:  # distill=folder: the store must label exactly these images, before any work
             open_store_for(Path(cfg.labels.store).expanduser(), images, cfg.dataset)
     check_teachers(cfg.teacher, "teacher", cfg.dataset)
@@ -60,19 +61,17 @@ def preflight(cfg: DictConfig) -> DistilledImages | None:
         if int(cfg.teacher.squeeze.batch_size) % world:
             raise ConfigError(f"teacher.squeeze.batch_size={cfg.teacher.squeeze.batch_size} is the global batch and "
                               f"must split evenly over {world} DDP processes; fix: a multiple of {world}")
-    if cfg.distill.method != "folder":
-        dcfg = OmegaConf.to_container(cfg.distill, resolve=True)
-        check_method(dcfg, cfg.dataset)
-        check_enough_images(dcfg, cfg.dataset)
-    if cfg.distill.get("pool"):
+    if not method.given:
+        check_enough_images(method, dcfg, cfg.dataset)
+    if method.uses_teacher and cfg.distill.get("pool"):
         check_teachers(cfg.distill.pool, "distill.pool", cfg.dataset)
-    if cfg.distill.get("pool") and needs_priors(cfg.distill):
+    if method.needs_priors(dcfg):
         prior = cfg.distill.get("prior")
         if prior is None:
             raise ConfigError("committee weights softmax(alpha/T) need priors: give distill.priors=[...] or the "
                               "distill.prior settings that measure them; fix: distill=cvdd defaults")
         plan_passes(int(prior.slc), int(prior.ipc))
-    return images
+    return Checked(images, store)
 
 
 def check_labels(cfg: DictConfig, images: DistilledImages | None) -> None:
@@ -111,11 +110,10 @@ def check_teachers(tcfg: DictConfig, where: str, dataset: DictConfig | None = No
             check_checkpoint(name, Path(ck), dataset, where)
 
 
-def check_counts(cfg: DictConfig) -> None:
-    """Counts that must be positive, named by their key (a negative epoch count used to fail deep in Lightning)."""
-    counts = {"train.epochs": cfg.train.epochs, "labels.batch_size": cfg.labels.batch_size,
-              "train.soft_batch_size": cfg.train.soft_batch_size, "train.hard_batch_size": cfg.train.hard_batch_size}
-    if cfg.distill.method != "folder":
+def check_counts(cfg: DictConfig, method: Method) -> None:
+    """Counts that must be positive only in some runs, named by their key (the schema checks the others)."""
+    counts = {}
+    if not method.given:  # a given set has its own ipc
         counts["ipc"] = cfg.ipc
     if cfg.labels.store is None and cfg.get("label_budget") is None:
         counts["slc"] = cfg.slc
@@ -127,9 +125,9 @@ def check_counts(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={value} must be a positive integer; fix: {key}=1 or more")
 
 
-def check_enough_images(dcfg: dict, dataset: DictConfig) -> None:
+def check_enough_images(method: Method, dcfg: dict, dataset: DictConfig) -> None:
     """A method that needs more real images per class than a class has stops here, not after a squeeze."""
-    need = real_images_needed(dcfg, dataset)
+    need = method.real_images(dcfg, dataset)
     if need <= 0:
         return
     counts = Counter(build_source(dataset, "train").targets)
@@ -154,50 +152,6 @@ def explicit_keys() -> set[str]:
     return keys
 
 
-def added_keys() -> list[str]:
-    """Keys the command line adds with `+key=` or `++key=` (Hydra accepts any such key)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return []
-    return [o.split("=", 1)[0].lstrip("+") for o in HydraConfig.get().overrides.task if o.startswith("+")]
-
-
-def check_added_keys(keys: list[str]) -> None:
-    """`+train.fooo=1` used to be accepted and ignored. An added nested key must exist in some option of its
-    config group (`++dataset.train_per_class=50` does: mnist5k has it)."""
-    conf = Path(__file__).resolve().parents[3] / "conf"
-    for key in keys:
-        group, _, rest = key.partition(".")
-        if not rest or not (conf / group).is_dir():
-            continue  # a top-level key is checked against TOP_LEVEL_KEYS; `+experiment=...` selects an option
-        known = set(trainer_arguments()) if group == "trainer" else set()  # trainer.* is Trainer(**kwargs)
-        for option in (conf / group).glob("*.yaml"):
-            known |= _flat_keys(OmegaConf.to_container(OmegaConf.load(option), resolve=False))
-        if rest not in known and not any(rest.startswith(k + ".") for k in known):
-            raise ConfigError(f"unknown config key {key} (added with '+'); fix: remove it, or one of "
-                              f"{group}.{{{', '.join(sorted(known)[:12])}, ...}}")
-
-
-def trainer_arguments() -> list[str]:
-    import inspect
-
-    import lightning as L
-
-    return [p for p in inspect.signature(L.Trainer.__init__).parameters if p != "self"]
-
-
-def _flat_keys(d, prefix: str = "") -> set[str]:
-    out = set()
-    for k, v in (d or {}).items():
-        if k == "defaults":
-            continue
-        out.add(prefix + str(k))
-        if isinstance(v, dict):
-            out |= _flat_keys(v, f"{prefix}{k}.")
-    return out
-
-
 # Label-store fields a run must agree with: the store's manifest is the truth when a store is passed in.
 STORE_FIELDS = {"labels.temperature": "temperature", "labels.batch_size": "batch_size",
                 "labels.crop_scale": ("crop", "scale"), "labels.crop_ratio": ("crop", "ratio"),
@@ -205,10 +159,22 @@ STORE_FIELDS = {"labels.temperature": "temperature", "labels.batch_size": "batch
                 "labels.teacher_mode": "teacher_mode", "labels.seed": "seed"}
 
 
-def adopt_store(cfg: DictConfig, explicit: set[str]) -> None:
-    """A store passed in (`labels.store=DIR`) fixes its labels' settings: each is taken from its manifest (so the
-    soft loss's T is the T the labels were made at), and a setting the command line states otherwise stops the
-    run before any work. Checked against the dataset too."""
+def store_settings(cfg: DictConfig, store: LabelStore) -> dict[str, Any]:
+    """The label settings of a passed-in store that differ from the config's: {dotted key: the store's value}."""
+    m, out = store.manifest, {}
+    for key, field in STORE_FIELDS.items():
+        have = m[field[0]][field[1]] if isinstance(field, tuple) else m[field]
+        want = OmegaConf.select(cfg, key)
+        want = OmegaConf.to_container(want) if OmegaConf.is_config(want) else want
+        if not _same(have, want):
+            out[key] = have
+    return out
+
+
+def check_store(cfg: DictConfig, explicit: set[str]) -> LabelStore:
+    """A store passed in (`labels.store=DIR`) fixes its labels' settings (`adopt_store` takes them from its
+    manifest, so the soft loss's T is the T the labels were made at); a setting the command line states
+    otherwise stops the run before any work. Checked against the dataset too."""
     path = Path(cfg.labels.store).expanduser()
     store = LabelStore.open(path, expect={"dataset": cfg.dataset.name, "classes": class_names(cfg.dataset),
                                           "mean": [float(v) for v in cfg.dataset.mean],
@@ -217,27 +183,32 @@ def adopt_store(cfg: DictConfig, explicit: set[str]) -> None:
     if m["crop"]["size"] != int(cfg.dataset.input_size):
         raise ConfigError(f"label store '{path}' was made at input size {m['crop']['size']}, this run uses "
                           f"{cfg.dataset.input_size}; fix: dataset.input_size={m['crop']['size']} or relabel")
-    adopted = {}
-    for key, field in STORE_FIELDS.items():
-        have = m[field[0]][field[1]] if isinstance(field, tuple) else m[field]
-        want = OmegaConf.select(cfg, key)
-        want = OmegaConf.to_container(want) if OmegaConf.is_config(want) else want
-        if _same(have, want):
-            continue
+    for key, have in store_settings(cfg, store).items():
         if key in explicit:
-            raise ConfigError(f"label store '{path}' was made with {key}={have}, the command line says {want}; "
-                              f"fix: {key}={have} (or relabel with labels.store=null)")
-        adopted[key] = have
+            raise ConfigError(f"label store '{path}' was made with {key}={have}, the command line says "
+                              f"{OmegaConf.select(cfg, key)}; fix: {key}={have} (or relabel with labels.store=null)")
     soft_t = float(cfg.soft_loss.temperature) if "soft_loss.temperature" in explicit else None
     if soft_t is not None and soft_t != float(m["temperature"]):
         raise ConfigError(f"label store '{path}' holds soft labels at T={m['temperature']}, soft_loss.temperature="
                           f"{soft_t}; fix: soft_loss.temperature={m['temperature']} (the KL must use the labels' T)")
-    with open_dict(cfg):
-        for key, value in adopted.items():
-            OmegaConf.update(cfg, key, value, merge=False)
-    if adopted:
-        log.info("labels.store: %s from the store's manifest", ", ".join(f"{k}={v}" for k, v in adopted.items()))
     check_soft_batch(int(cfg.train.soft_batch_size), store.batch_size)
+    return store
+
+
+def adopt_store(cfg: DictConfig, store: LabelStore | None) -> DictConfig:
+    """The run's config with a passed-in store's label settings (a copy; the same config without a store).
+    The one step by which a store's manifest reaches the losses (soft_loss.temperature interpolates
+    labels.temperature)."""
+    if store is None:
+        return cfg
+    adopted = store_settings(cfg, store)
+    if not adopted:
+        return cfg
+    out = copy.deepcopy(cfg)
+    for key, value in adopted.items():
+        OmegaConf.update(out, key, value, merge=False)
+    log.info("labels.store: %s from the store's manifest", ", ".join(f"{k}={v}" for k, v in adopted.items()))
+    return out
 
 
 def _same(a, b) -> bool:

@@ -14,6 +14,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from hald.data.holdout import holdout_views
 from hald.data.sources import build_source
+from hald.distill import method_of
+from hald.models.teachers import Teacher
 from hald.pipeline.cache import Context
 from hald.pipeline.derived import derive, trained
 from hald.pipeline.stages import images_and_labels
@@ -31,9 +33,9 @@ def prior_config(cfg: DictConfig, member: int) -> DictConfig:
               "checkpoints": [pool["checkpoints"][member]] if pool.get("checkpoints") else None}
     d = OmegaConf.to_container(cfg.distill, resolve=True)
     d.pop("prior")
-    d.update(method="sre2lpp" if d.get("init") == "rded" else "sre2l", pool=single, ipc=int(p.ipc),
-             iterations=int(p.iterations), priors=None, holdout={"fraction": float(p.holdout), "seed": int(p.seed)},
-             committee={"size": 1, "mode": "fixed", "fixed": [0], "weights": "equal"})
+    d.update(pool=single, ipc=int(p.ipc), iterations=int(p.iterations), priors=None,
+             holdout={"fraction": float(p.holdout), "seed": int(p.seed)})
+    d.update(method_of(d["method"]).single_teacher(d))  # the method's own one-teacher variant
     changes = {"distill": d, "ipc": int(p.ipc), "slc": int(p.slc), "labels.store": None,
                "train.epochs": int(p.epochs), "schedule.preset": str(p.get("schedule") or cfg.schedule.preset)}
     if "label_budget" in cfg:  # priors size their labels by slc, never by a byte budget
@@ -41,13 +43,13 @@ def prior_config(cfg: DictConfig, member: int) -> DictConfig:
     return derive(cfg, **changes)
 
 
-def stage_priors(ctx: Context, pool: list[dict[str, Any]], relabel_teachers: list[dict[str, Any]]) -> list[float]:
+def stage_priors(ctx: Context, pool: list[Teacher], relabel_teachers: list[Teacher]) -> list[float]:
     """Alpha of every teacher of the squeezed `distill.pool`, in pool order."""
     cfg = ctx.cfg
     alphas, t0 = [], time.time()
     for i, t in enumerate(pool):
         pcfg = prior_config(cfg, i)
-        chain = images_and_labels(Context(pcfg, ctx.cache), relabel_teachers)
+        chain = images_and_labels(Context(pcfg, ctx.cache), relabel_teachers, pool=[t])
         holdout = pcfg.distill.holdout
 
         def held_out() -> tuple[Any, dict[str, Any]]:
@@ -56,10 +58,10 @@ def stage_priors(ctx: Context, pool: list[dict[str, Any]], relabel_teachers: lis
                           "holdout_indices": held.base_indices}
 
         prior = trained(ctx, "priors", pcfg, chain,
-                        {"teacher": t["name"], "holdout": OmegaConf.to_container(holdout)}, eval_source=held_out)
-        log.info("prior of %s: %.2f%% on %d held-out train images", t["name"], prior["top1"],
+                        {"teacher": t.name, "holdout": OmegaConf.to_container(holdout)}, eval_source=held_out)
+        log.info("prior of %s: %.2f%% on %d held-out train images", t.name, prior["top1"],
                  prior["holdout_items"])
         alphas.append(float(prior["top1"]))
     ctx.timings["priors"] = time.time() - t0
-    log.info("committee priors: %s", dict(zip([t["name"] for t in pool], alphas)))
+    log.info("committee priors: %s", dict(zip([t.name for t in pool], alphas)))
     return alphas

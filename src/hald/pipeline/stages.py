@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +17,12 @@ from hald import artifacts
 from hald.data.distilled import DistilledImages, load_distilled
 from hald.data.holdout import holdout_views
 from hald.data.sources import build_source, class_names
-from hald.distill import COLLECTIVE, METHODS
+from hald.distill import method_of
 from hald.errors import ConfigError
 from hald.labels.budget import Plan, plan_store
 from hald.labels.relabel import manifest_reserve, relabel
 from hald.labels.store import FORMAT_VERSION, store_bytes
-from hald.models.teachers import Committee, build_committee, committee_weights
+from hald.models.teachers import Committee, Teacher, build_committee, committee_weights
 from hald.pipeline.cache import Context, cached, dataset_identity, device_kwargs, squeeze_device_kwargs
 from hald.squeeze import squeeze
 
@@ -29,26 +30,25 @@ log = logging.getLogger("hald")
 
 
 # -- squeeze -----------------------------------------------------------------------------------------------------
-def stage_squeeze(ctx: Context) -> list[dict[str, Any]]:
+def stage_squeeze(ctx: Context) -> list[Teacher]:
     """The pipeline's teacher(s), which relabel: one entry per model of `teacher`."""
     return squeeze_teachers(ctx, ctx.cfg.teacher)
 
 
-def squeeze_teachers(ctx: Context, tcfg: DictConfig) -> list[dict[str, Any]]:
-    """One entry per model of a teacher config (`teacher`, or a distill method's own `distill.pool`):
-    {name, key, weights (path or None), top1, reused, source}. Same model and recipe = same cached teacher."""
+def squeeze_teachers(ctx: Context, tcfg: DictConfig) -> list[Teacher]:
+    """One Teacher per model of a teacher config (`teacher`, or a distill method's own `distill.pool`).
+    Same model and recipe = same cached teacher."""
     cfg = ctx.cfg
     ds = dataset_identity(cfg.dataset)
     teachers = []
     for i, name in enumerate(tcfg.models):
         if tcfg.checkpoints:
             ck = Path(tcfg.checkpoints[i]).resolve()
-            teachers.append({"name": name, "key": artifacts.key_of(str(ck), ck.stat().st_size, ck.stat().st_mtime),
-                             "weights": str(ck), "top1": None, "reused": True, "source": "checkpoint"})
+            teachers.append(Teacher(name, artifacts.key_of(str(ck), ck.stat().st_size, ck.stat().st_mtime),
+                                    str(ck), source="checkpoint"))
             continue
         if tcfg.pretrained:
-            teachers.append({"name": name, "key": artifacts.key_of(name, tcfg.pretrained), "weights": None,
-                             "top1": None, "reused": True, "source": tcfg.pretrained})
+            teachers.append(Teacher(name, artifacts.key_of(name, tcfg.pretrained), source=str(tcfg.pretrained)))
             continue
         sq = tcfg.squeeze
         key = artifacts.key_of(ds, name, sq, cfg.seed)
@@ -57,58 +57,86 @@ def squeeze_teachers(ctx: Context, tcfg: DictConfig) -> list[dict[str, Any]]:
                      lambda tmp: squeeze(name, cfg.dataset, sq, tmp, squeeze_device_kwargs(cfg), int(cfg.seed),
                                          work_dir), collective=True)
         shutil.rmtree(work_dir, ignore_errors=True)  # the artifact is complete
-        teachers.append({"name": name, "key": key, "weights": str(art.path / "teacher.safetensors"),
-                         "top1": art.manifest["test_top1"], "reused": art.reused, "source": "squeeze"})
+        teachers.append(Teacher(name, key, str(art.path / "teacher.safetensors"), art.manifest["test_top1"],
+                                art.reused, "squeeze"))
     return teachers
 
 
 def needs_teacher(cfg: DictConfig) -> bool:
-    """The pipeline's teacher is made only when something uses it: relabel, a method that distils with it
-    (a method with its own `distill.pool` squeezes that instead), CV-DD's prior runs (they relabel), or an
-    analysis. A label store passed in with distill=random/folder needs none. A teacher given as a checkpoint or
-    pretrained weights costs nothing, and is listed in the summary."""
+    """The pipeline's teacher is made only when something uses it: relabel, CV-DD's prior runs (they
+    relabel), or an analysis. A method that distils with a teacher uses its own `distill.pool` (by default
+    `${teacher}`: the same cached teacher). A label store passed in with distill=random/folder needs none. A
+    teacher given as a checkpoint or pretrained weights costs nothing, and is listed in the summary."""
     ev = cfg.get("evaluate") or {}
-    distils_with_it = (cfg.distill.method != "folder" and bool(cfg.distill.get("uses_teacher"))
-                       and not cfg.distill.get("pool"))
-    priors = bool(cfg.distill.get("pool")) and needs_priors(cfg.distill)
     given = bool(cfg.teacher.checkpoints) or bool(cfg.teacher.pretrained)
-    return (cfg.labels.store is None or distils_with_it or priors or given or bool(ev.get("fair"))
+    return (cfg.labels.store is None or needs_priors(cfg.distill) or given or bool(ev.get("fair"))
             or bool(ev.get("lvsd")))
+
+
+def trained_teachers(cfg: DictConfig) -> list[str]:
+    """The models this run trains (squeeze), in order: the pipeline's teacher (when needed) and the method's
+    own pool; a model in both is one cached teacher. The cost estimator counts the same list."""
+    names: list[str] = []
+    tcfg = cfg.teacher
+    if needs_teacher(cfg) and not (tcfg.pretrained or tcfg.checkpoints):
+        names += list(tcfg.models)
+    pool = cfg.distill.get("pool") if method_of(cfg.distill.method).uses_teacher else None
+    if pool is not None and not (pool.get("pretrained") or pool.get("checkpoints")):
+        names += [m for m in pool.models if m not in names]
+    return names
 
 
 # -- distill -----------------------------------------------------------------------------------------------------
 def needs_priors(dcfg: Any) -> bool:
-    """CV-DD committees weighted by softmax(alpha / T) need each pool teacher's prior alpha."""
-    committee = dcfg.get("committee") or {}
-    return (dcfg.get("priors") is None and committee.get("weights", "prior") == "prior"
-            and int(committee.get("size", 1)) > 1)
+    """The method weights a committee by measured priors (CV-DD) and this config does not give them."""
+    return method_of(dcfg.method).needs_priors(OmegaConf.to_container(dcfg, resolve=True)
+                                               if OmegaConf.is_config(dcfg) else dcfg)
 
 
-def stage_distill(ctx: Context, teachers: list[dict[str, Any]], priors: list[float] | None = None
-                  ) -> tuple[Path, str, bool]:
+def distill_teachers(ctx: Context) -> list[Teacher]:
+    """The teachers a method distils with: its `distill.pool` (CV-DD's committee; `${teacher}` by default),
+    squeezed like the pipeline's (the same model and recipe is the same cached teacher); none for a method that
+    uses no teacher."""
+    cfg = ctx.cfg
+    if not method_of(cfg.distill.method).uses_teacher:
+        return []
+    if not cfg.distill.get("pool"):
+        raise ConfigError(f"distill={cfg.distill.method} distils with a teacher but distill.pool is empty; fix: "
+                          f"distill.pool=${{teacher}} (its default) or a teacher config")
+    return squeeze_teachers(ctx, cfg.distill.pool)
+
+
+def given_images(ctx: Context, images: DistilledImages | None = None) -> tuple[DistilledImages, str]:
+    """A `given` method's set (an existing folder): opened and verified (or handed in by pre-flight, which
+    opened it already) and keyed by its content, so a changed folder is never taken for the one labelled."""
+    method = method_of(ctx.cfg.distill.method)
+    images = images or method.build(OmegaConf.to_container(ctx.cfg.distill, resolve=True), ctx.cfg.dataset)
+    return images, f"{method.name}-{images.sha256[:16]}"
+
+
+def stage_distill(ctx: Context, pool: list[Teacher], priors: list[float] | None = None) -> tuple[Path, str, bool]:
     """Returns (image folder, key, reused).
 
-    A method with its own `distill.pool` (CV-DD's committee) gets those teachers, squeezed like the pipeline's
-    (the same model and recipe is the same cached teacher); otherwise the pipeline's. `priors` (measured by
-    pipeline/priors.py) become part of the config and key. Recover keeps finished units in
-    `<cache>/distill/.partial-<key>/` until the artifact is complete, so a killed run resumes (hald/units.py).
+    `pool`: the teachers the method distils with (`distill_teachers`); their keys enter the image key.
+    `priors` (measured by pipeline/priors.py) become part of the config and key. A `given` method builds
+    nothing (`given_images`). Recover keeps finished units in `<cache>/distill/.partial-<key>/` until the
+    artifact is complete, so a killed run resumes (hald/units.py).
     """
     cfg = ctx.cfg
-    if cfg.distill.method == "folder":
-        return Path(cfg.distill.path).expanduser().resolve(), "folder", True
-    if cfg.distill.method not in METHODS:
-        raise ConfigError(f"unknown distill method '{cfg.distill.method}'; fix: distill=one of "
-                          f"{sorted(METHODS) + ['folder']}")
-    ds = dataset_identity(cfg.dataset)
+    method = method_of(cfg.distill.method)
     dcfg = OmegaConf.to_container(cfg.distill, resolve=True)
-    if dcfg.get("pool"):
-        teachers = squeeze_teachers(ctx, cfg.distill.pool)
-    if dcfg.get("pool") and needs_priors(dcfg):
+    if method.given:
+        images, key = given_images(ctx)
+        return Path(images.root), key, True
+    if method.uses_teacher and not pool:
+        raise RuntimeError(f"stage_distill: distill={method.name} needs its pool's teachers (distill_teachers)")
+    if method.needs_priors(dcfg):
         if priors is None:
             raise RuntimeError("stage_distill: this committee needs priors (pipeline/priors.py measures them)")
         dcfg["priors"] = list(priors)
-    key = artifacts.key_of(ds, dcfg, [t["key"] for t in teachers] if dcfg.get("uses_teacher") else [])
-    upstream = {t["name"]: t["key"] for t in teachers} if dcfg.get("uses_teacher") else {}
+    ds = dataset_identity(cfg.dataset)
+    key = artifacts.key_of(ds, dcfg, [t.key for t in pool] if method.uses_teacher else [])
+    upstream = {t.name: t.key for t in pool} if method.uses_teacher else {}
     work_dir = ctx.cache / "distill" / f".partial-{key}"
 
     def build(tmp: Path) -> dict[str, Any]:
@@ -116,12 +144,12 @@ def stage_distill(ctx: Context, teachers: list[dict[str, Any]], priors: list[flo
         classes = source.classes  # recorded: a set used with other classes is refused
         if dcfg.get("holdout"):  # priors: distil from the train split minus the part that measures them
             source, _ = holdout_views(source, float(dcfg["holdout"]["fraction"]), int(dcfg["holdout"]["seed"]))
-        made = METHODS[cfg.distill.method](source=source, dataset=cfg.dataset, out_dir=tmp, teachers=teachers,
-                                           trainer_kwargs=device_kwargs(cfg), work_dir=work_dir, **dcfg)
+        made = method.build(source=source, dataset=cfg.dataset, out_dir=tmp, teachers=pool,
+                            trainer_kwargs=device_kwargs(cfg), work_dir=work_dir, **dcfg)
         return {**made, "classes": list(classes)}
 
     art = cached(ctx, "distill", key, {"dataset": ds, "distill": dcfg}, upstream, build,
-                 collective=cfg.distill.method in COLLECTIVE)
+                 collective=method.collective)
     shutil.rmtree(work_dir, ignore_errors=True)  # its units are in the complete artifact now
     return art.path / art.manifest["images_dir"], key, art.reused
 
@@ -136,8 +164,8 @@ def relabel_config(cfg: DictConfig) -> dict[str, Any]:
     return lcfg
 
 
-def teacher_config(cfg: DictConfig, teachers: list[dict[str, Any]] | None = None) -> dict[str, Any]:
-    return {"teachers": [t["key"] for t in teachers] if teachers else [str(m) for m in cfg.teacher.models],
+def teacher_config(cfg: DictConfig, teachers: list[Teacher] | None = None) -> dict[str, Any]:
+    return {"teachers": [t.key for t in teachers] if teachers else [str(m) for m in cfg.teacher.models],
             "weights": cfg.teacher.weights, "scores": OmegaConf.to_container(cfg.teacher, resolve=True).get("scores")}
 
 
@@ -153,7 +181,7 @@ def teacher_weights(cfg: DictConfig, n: int):
     raise ConfigError(f"teacher.weights={cfg.teacher.weights}; fix: equal or score")
 
 
-def relabel_committee(cfg: DictConfig, teachers: list[dict[str, Any]]) -> Committee:
+def relabel_committee(cfg: DictConfig, teachers: list[Teacher]) -> Committee:
     return build_committee(teachers, cfg.dataset, teacher_weights(cfg, len(teachers)), cfg.labels.teacher_mode,
                            cfg.teacher.pretrained)
 
@@ -172,7 +200,7 @@ def plan_relabel(cfg: DictConfig, n_images: int, ipc: int, classes: list[str]) -
                       cfg.get("label_budget"), manifest_bytes)
 
 
-def stage_relabel(ctx: Context, images: DistilledImages, image_key: str, teachers: list[dict[str, Any]]
+def stage_relabel(ctx: Context, images: DistilledImages, image_key: str, teachers: list[Teacher]
                   ) -> tuple[Path, bool]:
     cfg = ctx.cfg
     if cfg.labels.store is not None:
@@ -186,7 +214,7 @@ def stage_relabel(ctx: Context, images: DistilledImages, image_key: str, teacher
         fields = relabel(images, relabel_committee(cfg, teachers), plan, cfg.labels, cfg.dataset, tmp,
                          device_kwargs(cfg), work_dir)
         return {"dataset": cfg.dataset.name,
-                "teachers": [{"name": t["name"], "key": t["key"], "source": t["source"]} for t in teachers],
+                "teachers": [{"name": t.name, "key": t.key, "source": t.source} for t in teachers],
                 **fields}
 
     art = cached(ctx, "relabel", key, {"labels": lcfg, "teachers": tcfg}, {"images": image_key}, build,
@@ -199,13 +227,31 @@ def stage_relabel(ctx: Context, images: DistilledImages, image_key: str, teacher
 
 
 # -- the chain every (derived) run walks ---------------------------------------------------------------------------
-def images_and_labels(ctx: Context, teachers: list[dict[str, Any]], priors: list[float] | None = None,
-                      folder_images: DistilledImages | None = None) -> dict[str, Any]:
+@dataclass(frozen=True)
+class Made:
+    """What distill -> relabel made (or reused, or were handed): the images and the label store."""
+    images: DistilledImages
+    image_dir: Path
+    image_key: str
+    images_reused: bool
+    store: Path
+    store_reused: bool
+    given: bool = False     # the images are a set passed in (no distill artifact, no preview grid)
+
+
+def images_and_labels(ctx: Context, teachers: list[Teacher], pool: list[Teacher] | None = None,
+                      priors: list[float] | None = None, given: DistilledImages | None = None) -> Made:
     """distill -> load -> relabel, through the cache: the one place the chain is written (the run itself, the
-    CV-DD priors' single-teacher runs and fair evaluation's reference sets all go through here)."""
+    CV-DD priors' single-teacher runs and fair evaluation's reference sets all go through here). `teachers`
+    relabel; `pool` distils (default: `distill_teachers`, cached)."""
     cfg = ctx.cfg
-    image_dir, image_key, images_reused = stage_distill(ctx, teachers, priors)
-    images = folder_images or load_distilled(image_dir, class_names(cfg.dataset), int(cfg.dataset.channels))
+    if method_of(cfg.distill.method).given:
+        images, image_key = given_images(ctx, given)
+        image_dir, images_reused = Path(images.root), True
+    else:
+        pool = distill_teachers(ctx) if pool is None else pool
+        image_dir, image_key, images_reused = stage_distill(ctx, pool, priors)
+        images = load_distilled(image_dir, class_names(cfg.dataset), int(cfg.dataset.channels))
     store_path, store_reused = stage_relabel(ctx, images, image_key, teachers)
-    return {"images": images, "image_dir": image_dir, "image_key": image_key, "images_reused": images_reused,
-            "store": store_path, "store_reused": store_reused}
+    return Made(images, image_dir, image_key, images_reused, store_path, store_reused,
+                given=method_of(cfg.distill.method).given)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ from hald.train.callbacks import PhaseScheduler, analysis_callbacks, analysis_re
 from hald.train.export import export_student
 from hald.train.hyper import paper_lr_eta
 from hald.train.resume import FiniteLoss, LastCheckpoint, RunState, StepSeed, usable_checkpoint
-from hald.train.schedule import make_schedule
+from hald.train.schedule import Schedule, make_schedule
 
 log = logging.getLogger("hald")
 
@@ -37,28 +38,65 @@ def resolve_lr(cfg: DictConfig, ipc: int) -> tuple[float, float]:
     return (float(auto[0]) if lr == "auto" else float(lr), float(auto[1]) if eta == "auto" else float(eta))
 
 
+@dataclass(frozen=True)
+class TrainResult:
+    """A trained and tested student: accuracies (%), when they were measured, and the labels it used."""
+    top1: float
+    top5: float
+    top1_best: float | None
+    top1_best_every: dict[str, Any] | None
+    eval_log: list[dict[str, Any]]
+    schedule: str
+    phase_audit: dict[int, list[str]]
+    lr: float
+    eta: float
+    label_bytes: int
+    slc: int
+    sli: int
+    codec: str
+    label_budget: Any
+    ipc: int
+    store: str
+    analyses: dict[str, list[dict]] = field(default_factory=dict)  # probe histories (consistency, grad_sim)
+
+    def summary(self) -> dict[str, Any]:
+        """The results.json fields of the training (the probes' histories at the top level)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "analyses"}
+        return {**out, **self.analyses}
+
+
+def build_schedule(cfg: DictConfig, passes: int) -> Schedule:
+    """The phase schedule of a training (`schedule.preset`, or explicit `schedule.segments`) over
+    train.epochs; `passes` = the store's SLI (the block length n of S2-S5 unless schedule.block sets it)."""
+    s = cfg.schedule
+    segments = OmegaConf.to_container(s.segments, resolve=True) if s.get("segments") else None
+    return make_schedule(s.preset, int(cfg.train.epochs), float(s.soft_fraction), int(s.block or passes),
+                         s.get("pool", "run"), segments)
+
+
 def stage_train(ctx: Context, images: DistilledImages, store_path: Path, out_dir: Path,
                 eval_source: Any = None, preview: Path | None = None,
-                lineage: dict[str, Any] | None = None) -> dict[str, Any]:
+                lineage: dict[str, Any] | None = None) -> TrainResult:
     """Train and test the student; `eval_source` replaces the test split (CV-DD priors: held-out train);
     `lineage` (the artifacts' cache keys) goes to the experiment tracker."""
     cfg = ctx.cfg
     ds = cfg.dataset
     store = open_store_for(store_path, images, ds)
-    schedule = make_schedule(cfg.schedule.preset, int(cfg.train.epochs), float(cfg.schedule.soft_fraction),
-                             int(cfg.schedule.block or store.passes), cfg.schedule.get("pool", "run"))
+    schedule = build_schedule(cfg, store.passes)
     lr, eta = resolve_lr(cfg, images.ipc)
     L.seed_everything(int(cfg.seed), workers=True, verbose=False)
     net = build_backbone(cfg.model.name, int(ds.num_classes), int(ds.channels), int(ds.input_size))
-    module = instantiate(cfg.student.module)(net=net, num_classes=int(ds.num_classes), schedule=schedule, lr=lr,
-                                             eta=eta)
+    phases = instantiate(cfg.student.phases)  # each phase's loader, rendering and loss (conf/student)
     dm = instantiate(cfg.student.datamodule)(distilled=images, store=store, dataset=OmegaConf.to_container(ds, resolve=True),
-                                             schedule=schedule, eval_source=eval_source or build_source(ds, "test"))
+                                             schedule=schedule, phases=phases,
+                                             eval_source=eval_source or build_source(ds, "test"))
+    module = instantiate(cfg.student.module)(net=net, num_classes=int(ds.num_classes), schedule=schedule,
+                                             phases=dm.phases, lr=lr, eta=eta)
     last_ckpt = out_dir / "checkpoints" / "last.ckpt"
     resume, done_epoch = usable_checkpoint(last_ckpt) if cfg.train.resume else (None, None)
     loggers = build_loggers(cfg, out_dir, resuming=resume is not None, done_epoch=done_epoch)
     log_run_start(loggers, cfg, out_dir, {**(lineage or {}), "labels": store_path.name})
-    probes = analysis_callbacks(cfg, images, store, schedule)  # crop consistency, gradient similarity
+    probes = analysis_callbacks(cfg, images, dm.phases, schedule)  # crop consistency, gradient similarity
     callbacks = [PhaseScheduler(schedule, cfg.optimizer.on_phase_switch, int(cfg.train.eval_every),
                                 bool(cfg.train.eval_phase_ends)),
                  LastCheckpoint(last_ckpt, int(cfg.train.checkpoint_every)),  # atomic, every N epochs and the last
@@ -89,12 +127,12 @@ def stage_train(ctx: Context, images: DistilledImages, store_path: Path, out_dir
     ctx.timings["evaluate"] = time.time() - t0
     if trainer.is_global_zero:  # plain weights + what rebuilds them, for use outside hald
         export_student(module.net, out_dir, cfg.model.name, ds, images.classes, top1=float(test["test/top1"]))
-    return {"top1": float(test["test/top1"]), "top5": float(test["test/top5"]),
-            "top1_best": max([e["top1"] for e in module.eval_log], default=None),
-            "top1_best_every": best_every(module.eval_log, int(cfg.train.eval_every), schedule.total_epochs),
-            "eval_log": module.eval_log, "schedule": schedule.timeline(),
-            "phase_audit": {e: sorted(p) for e, p in sorted(module.epoch_paths.items())}, "lr": lr, "eta": eta,
-            "label_bytes": label_bytes, "slc": store.manifest["slc"], "sli": store.passes,
-            "codec": store.codec.describe(), "label_budget": store.manifest.get("label_budget"),
-            "ipc": images.ipc, "store": str(store_path), **analysis_results(probes),
-            "is_global_zero": trainer.is_global_zero}
+    return TrainResult(
+        top1=float(test["test/top1"]), top5=float(test["test/top5"]),
+        top1_best=max([e["top1"] for e in module.eval_log], default=None),
+        top1_best_every=best_every(module.eval_log, int(cfg.train.eval_every), schedule.total_epochs),
+        eval_log=module.eval_log, schedule=schedule.timeline(),
+        phase_audit={e: sorted(p) for e, p in sorted(module.epoch_paths.items())}, lr=lr, eta=eta,
+        label_bytes=label_bytes, slc=store.manifest["slc"], sli=store.passes, codec=store.codec.describe(),
+        label_budget=store.manifest.get("label_budget"), ipc=images.ipc, store=str(store_path),
+        analyses=analysis_results(probes))

@@ -14,6 +14,9 @@ from lightning.pytorch.loggers import CSVLogger
 from omegaconf import DictConfig, OmegaConf
 
 from hald.artifacts import atomic_write
+from hald.distill import method_of
+from hald.labels.codecs import CODECS
+from hald.labels.codecs.base import codec_class
 
 log = logging.getLogger("hald")
 WANDB_TARGET = "lightning.pytorch.loggers.wandb.WandbLogger"
@@ -21,10 +24,9 @@ RUN_ID_FILE = "wandb_run_id"
 
 
 def codec_tag(codec: Any) -> str:
+    """The codec's own short name of its config (Codec.tag), e.g. fp16, top5, q4log, top5q4."""
     c = dict(codec)
-    return {"float": lambda: "fp16" if c.get("dtype", "float16") == "float16" else "fp32",
-            "topk": lambda: f"top{c.get('k')}", "quant": lambda: f"q{c.get('bits')}{c.get('space', 'log')}",
-            "topk_quant": lambda: f"top{c.get('k')}q{c.get('bits')}"}.get(c.get("name"), lambda: str(c.get("name")))()
+    return codec_class(c["name"]).tag(c) if c.get("name") in CODECS else str(c.get("name"))
 
 
 def run_name(cfg: DictConfig) -> str:
@@ -36,7 +38,7 @@ def run_name(cfg: DictConfig) -> str:
         labels = f"budget{cfg.label_budget}-{codec_tag(cfg.labels.codec)}"
     else:
         labels = f"slc{cfg.slc}-{codec_tag(cfg.labels.codec)}"
-    ipc = "" if cfg.distill.method == "folder" else f"-ipc{cfg.ipc}"
+    ipc = "" if method_of(cfg.distill.method).given else f"-ipc{cfg.ipc}"  # a given set has its own
     return (f"{cfg.task_name}-{cfg.dataset.name}-{cfg.distill.method}{ipc}-{labels}-{cfg.labels.teacher_mode}-"
             f"{cfg.schedule.preset}-{cfg.model.name}-seed{cfg.seed}")
 

@@ -1,11 +1,15 @@
-"""Callbacks of student training: the phase scheduler."""
+"""Callbacks of student training: the phase scheduler and the analysis probes."""
 from __future__ import annotations
 
 import logging
+from typing import Mapping, Sequence
 
 import lightning as L
 
-from hald.train.schedule import SOFT, Schedule
+from hald.evaluate.consistency import crop_consistency
+from hald.evaluate.gradsim import gradient_cosine
+from hald.train.phases import Phase
+from hald.train.schedule import Schedule
 
 log = logging.getLogger(__name__)
 ON_SWITCH = ("keep", "reset")
@@ -26,32 +30,30 @@ class PhaseScheduler(L.Callback):
                  eval_phase_ends: bool = True):
         if on_phase_switch not in ON_SWITCH:
             raise ValueError(f"optimizer.on_phase_switch={on_phase_switch!r}; fix: one of {ON_SWITCH}")
-        self.schedule, self.on_phase_switch, self.eval_every = schedule, on_phase_switch, eval_every
-        self.eval_phase_ends = eval_phase_ends
+        self.schedule, self.on_phase_switch = schedule, on_phase_switch
+        self.evaluated = set(schedule.eval_epochs(eval_every, eval_phase_ends))
 
     def eval_epoch(self, epoch: int) -> bool:
-        last = self.schedule.total_epochs - 1
-        return (epoch == last or (self.eval_phase_ends and (epoch + 1) in self.schedule.switches())
-                or (self.eval_every > 0 and epoch % self.eval_every == 0))  # 0, N, 2N, ...: the papers' epochs
+        return epoch in self.evaluated
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         epoch = trainer.current_epoch
         phase = self.schedule.phase_at(epoch)
-        pl_module.phase = phase
+        stored = float(pl_module.phases[phase].stored_labels)  # 1 = an epoch on stored soft labels
         if epoch in self.schedule.switches():
             ended = [e for e in getattr(pl_module, "eval_log", []) if e["epoch"] == epoch - 1]
             log.info("epoch %d: phase switch %s -> %s%s", epoch, self.schedule.phase_at(epoch - 1), phase,
                      f" (test top-1 {ended[-1]['top1']:.1f}% at the end of the {ended[-1]['phase']} phase)"
                      if ended else "")
             for lg in getattr(trainer, "loggers", []):  # a marker at the switch (W&B: a point per switch, not a 0/1 curve)
-                lg.log_metrics({"phase/switch_epoch": float(epoch), "phase/to_soft": float(phase == SOFT)},
+                lg.log_metrics({"phase/switch_epoch": float(epoch), "phase/to_soft": stored},
                                step=trainer.global_step)
             if self.on_phase_switch == "reset":
                 for opt in trainer.optimizers:
                     opt.state.clear()  # AdamW re-creates step/moments lazily at the next step
         # Lightning validates when (epoch + 1) % check_val_every_n_epoch == 0; this picks exactly our epochs.
         trainer.check_val_every_n_epoch = 1 if self.eval_epoch(epoch) else epoch + 2
-        pl_module.log("train/phase", float(phase == SOFT), on_step=False, on_epoch=True, sync_dist=True)
+        pl_module.log("train/phase", stored, on_step=False, on_epoch=True, sync_dist=True)
 
 
 class CropConsistencyProbe(L.Callback):
@@ -70,10 +72,8 @@ class CropConsistencyProbe(L.Callback):
         self.history: list[dict] = []
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from hald.evaluate.consistency import crop_consistency
-
         epoch = trainer.current_epoch
-        if not (epoch + 1 in self.schedule.switches() or epoch == self.schedule.total_epochs - 1):
+        if epoch not in self.schedule.phase_ends():
             return
         res = crop_consistency(pl_module.net, self.images, self.targets, self.num_classes, self.size, self.mean,
                                self.std, seed=self.seed, pairs=self.pairs)
@@ -88,30 +88,26 @@ class CropConsistencyProbe(L.Callback):
 
 
 class GradientSimilarity(L.Callback):
-    """Every `every` optimizer steps of a soft epoch, the cosine between the hard-loss and the soft-loss
-    gradients on the batch about to be trained on (evaluate/gradsim.py), logged as train/grad_cos.
-
-    Only soft epochs have both targets: a stored batch has the teacher's labels and, through its record, the
-    class labels and CutMix geometry; a hard epoch's fresh crops have no teacher label.
+    """Every `every` optimizer steps of an epoch on stored batches, the cosine between the gradients of two
+    phases' losses on the batch about to be trained on (evaluate/gradsim.py), logged as train/grad_cos;
+    `pair` names the phases (default: hard vs soft, HALD's question). Each phase gives its own loss on a stored
+    batch (Phase.record_loss): the soft phase against the stored labels, the hard phase against the class labels
+    CutMixed with the record's own box and partners; a hard epoch's fresh crops have no teacher label.
     """
 
-    def __init__(self, every: int, store, targets, num_classes: int, out_size: int, smoothing: float,
-                 temperature: float, t2: bool):
-        self.every, self.store, self.targets, self.num_classes = every, store, targets, num_classes
-        self.out_size, self.smoothing, self.temperature, self.t2 = out_size, smoothing, temperature, t2
+    def __init__(self, every: int, phases: Mapping[str, Phase], pair: Sequence[str] = ("hard", "soft")):
+        missing = [p for p in pair if p not in phases]
+        if len(pair) != 2 or missing:
+            raise ValueError(f"train.grad_sim_pair={list(pair)}; fix: two phases of student.phases "
+                             f"({sorted(phases)})")
+        self.every, self.phases, self.pair = every, phases, tuple(pair)
         self.history: list[dict] = []
 
     def on_train_batch_start(self, trainer: L.Trainer, pl_module: L.LightningModule, batch, batch_idx: int) -> None:
-        from hald.evaluate.gradsim import gradient_cosine, replayed_hard_targets
-        from hald.train.losses import soft_kl, soft_target_ce
-
-        if not isinstance(batch, dict) or trainer.global_step % self.every:
+        if not self.phases[pl_module.phase].stored_labels or trainer.global_step % self.every:
             return
-        geometries = [self.store[int(r)].geometry for r in batch["records"]]
-        hard = replayed_hard_targets(self.targets[batch["index"].cpu()], geometries, self.num_classes,
-                                     self.smoothing, self.out_size).to(batch["x"].device)
-        cos = gradient_cosine(pl_module.net, batch["x"], lambda z: soft_target_ce(z, hard, pl_module.hparams.hard_temperature, self.t2),
-                              lambda z: soft_kl(z, batch["target"], self.temperature, self.t2))
+        a, b = (self.phases[p].record_loss(batch) for p in self.pair)
+        cos = gradient_cosine(pl_module.net, batch["x"], a, b)
         self.history.append({"step": trainer.global_step, "epoch": trainer.current_epoch, "cos": round(cos, 6)})
         pl_module.log("train/grad_cos", cos, on_step=True, on_epoch=False, batch_size=batch["x"].shape[0])
 
@@ -122,7 +118,7 @@ class GradientSimilarity(L.Callback):
         self.history = list(state_dict.get("history", []))
 
 
-def analysis_callbacks(cfg, images, store, schedule: Schedule) -> list[L.Callback]:
+def analysis_callbacks(cfg, images, phases: Mapping[str, Phase], schedule: Schedule) -> list[L.Callback]:
     """The analysis probes a run's config asks for (train.crop_consistency, train.grad_sim_every)."""
     callbacks: list[L.Callback] = []
     ds, n_classes = cfg.dataset, len(images.classes)
@@ -130,9 +126,8 @@ def analysis_callbacks(cfg, images, store, schedule: Schedule) -> list[L.Callbac
         callbacks.append(CropConsistencyProbe(images.images, images.targets, n_classes, ds, schedule,
                                               int(cfg.train.get("consistency_pairs", 4)), int(cfg.seed)))
     if int(cfg.train.get("grad_sim_every", 0) or 0) > 0:
-        callbacks.append(GradientSimilarity(int(cfg.train.grad_sim_every), store, images.targets, n_classes,
-                                            int(ds.input_size), float(cfg.hard_loss.label_smoothing),
-                                            float(cfg.soft_loss.temperature), bool(cfg.soft_loss.t2)))
+        callbacks.append(GradientSimilarity(int(cfg.train.grad_sim_every), phases,
+                                            list(cfg.train.get("grad_sim_pair") or ("hard", "soft"))))
     return callbacks
 
 

@@ -1,4 +1,4 @@
-"""The two losses of HALD training."""
+"""The losses of HALD training: functions, and the objects `student.phases` injects (conf/student)."""
 from __future__ import annotations
 
 import torch
@@ -36,3 +36,27 @@ def soft_target_ce(logits: torch.Tensor, target: torch.Tensor, temperature: floa
     them at the soft -> hard switch collapses a small student (experiments/README.md, schedules)."""
     loss = F.cross_entropy(logits / temperature, target)
     return loss * temperature ** 2 if t2 and temperature != 1 else loss
+
+
+class SoftKL:
+    """The soft phase's loss as an object (student.phases.soft.loss): soft_kl at the labels' temperature."""
+
+    def __init__(self, temperature: float, t2: bool = True):
+        if float(temperature) <= 0:
+            raise ValueError(f"soft_loss.temperature={temperature}; fix: a temperature > 0 (the labels' T)")
+        self.temperature, self.t2 = float(temperature), bool(t2)
+
+    def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return soft_kl(logits, target, self.temperature, self.t2)
+
+
+class SoftTargetCE:
+    """The hard phase's loss as an object (student.phases.hard.loss): soft_target_ce of softmax(z / T)."""
+
+    def __init__(self, temperature: float = 1.0, t2: bool = False):
+        if float(temperature) <= 0:
+            raise ValueError(f"hard_loss.temperature={temperature}; fix: a temperature > 0")
+        self.temperature, self.t2 = float(temperature), bool(t2)
+
+    def __call__(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return soft_target_ce(logits, target, self.temperature, self.t2)

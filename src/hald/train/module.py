@@ -1,8 +1,8 @@
-"""The student LightningModule: soft loss in soft epochs, CutMix + label smoothing in hard epochs."""
+"""The student LightningModule: each epoch's phase (train/phases.py, named by the schedule) computes the loss."""
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Mapping
 
 import lightning as L
 import torch
@@ -11,8 +11,8 @@ from timm.optim import param_groups_weight_decay
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
-from hald.train.losses import cutmix_smoothed_targets, soft_kl, soft_target_ce
-from hald.train.schedule import HARD, SOFT, Schedule
+from hald.train.phases import Phase
+from hald.train.schedule import Schedule
 
 
 def cosine_eta(epoch: int, total: int, eta: float) -> float:
@@ -21,15 +21,13 @@ def cosine_eta(epoch: int, total: int, eta: float) -> float:
 
 
 class StudentModule(L.LightningModule):
-    def __init__(self, net: nn.Module, num_classes: int, schedule: Schedule, lr: float, eta: float = 2.0,
-                 weight_decay: float = 0.01, betas=(0.9, 0.999), temperature: float = 20.0, t2: bool = True,
-                 hard_cutmix_alpha: float = 1.0, label_smoothing: float = 0.8, hard_temperature: float = 1.0,
+    def __init__(self, net: nn.Module, num_classes: int, schedule: Schedule, phases: Mapping[str, Phase], lr: float,
+                 eta: float = 2.0, weight_decay: float = 0.01, betas=(0.9, 0.999),
                  micro_batch_size: int | None = None):
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "schedule"])
-        self.net, self.schedule = net, schedule
-        self.phase = schedule.phase_at(0)  # set each epoch by PhaseScheduler
-        self.epoch_paths: dict[int, set[str]] = {}  # which data path ran in each epoch (audited by tests)
+        self.save_hyperparameters(ignore=["net", "schedule", "phases"])
+        self.net, self.schedule, self.phases = net, schedule, dict(phases)
+        self.epoch_paths: dict[int, set[str]] = {}  # which phase's loss ran in each epoch (audited by tests)
         k = min(5, num_classes)
         self.val_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
         self.val_top5 = MulticlassAccuracy(num_classes, top_k=k, average="micro")
@@ -40,6 +38,11 @@ class StudentModule(L.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    @property
+    def phase(self) -> str:
+        """The name of this epoch's phase: the schedule's, the one place the phase lives."""
+        return self.schedule.phase_at(self.current_epoch)
 
     def micro_forward(self, x: torch.Tensor) -> torch.Tensor:
         """Training logits of x, in forwards of `micro_batch_size` images (train.micro_batch_size; None = one).
@@ -60,21 +63,10 @@ class StudentModule(L.LightningModule):
 
     # -- training -----------------------------------------------------------------------------------------
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
-        hp = self.hparams
-        if isinstance(batch, dict):  # replayed stored batch
-            if self.phase != SOFT or batch["phase"] != SOFT:
-                raise RuntimeError(f"soft batch in a {self.phase} epoch {self.current_epoch}: the loader and the "
-                                   f"phase callback disagree")
-            loss = soft_kl(self.micro_forward(batch["x"]), batch["target"], hp.temperature, hp.t2)
-        else:
-            if self.phase != HARD:
-                raise RuntimeError(f"hard batch in a {self.phase} epoch {self.current_epoch}")
-            x, y = batch
-            x, t = cutmix_smoothed_targets(x, y, hp.num_classes, hp.hard_cutmix_alpha, hp.label_smoothing)
-            loss = soft_target_ce(self.micro_forward(x), t, hp.hard_temperature, hp.t2)
-        self.epoch_paths.setdefault(self.current_epoch, set()).add(SOFT if isinstance(batch, dict) else HARD)
-        bs = batch["x"].shape[0] if isinstance(batch, dict) else batch[0].shape[0]
-        self.log(f"train/loss_{self.phase}", loss, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
+        name = self.phase
+        loss, bs = self.phases[name].training_loss(self, batch)  # a phase refuses a batch that is not its own
+        self.epoch_paths.setdefault(self.current_epoch, set()).add(name)
+        self.log(f"train/loss_{name}", loss, on_step=False, on_epoch=True, batch_size=bs, sync_dist=True)
         return loss
 
     def configure_optimizers(self):

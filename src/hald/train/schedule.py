@@ -25,13 +25,14 @@ import torch
 
 from hald.seeding import seed_of
 
-SOFT, HARD = "soft", "hard"
-PHASES = (SOFT, HARD)
+SOFT, HARD = "soft", "hard"  # the presets' two phases (student.phases.soft / .hard)
 POOLS = ("run", "segment", "pass")
 
 
 @dataclass(frozen=True)
 class Schedule:
+    """Segments (phase name, epochs). A phase name is a key of `student.phases` (the presets use soft and
+    hard); the phases themselves check that every name the schedule uses exists (train/phases.bind_phases)."""
     segments: tuple[tuple[str, int], ...]
     pool: str = "run"
 
@@ -39,8 +40,8 @@ class Schedule:
         if self.pool not in POOLS:
             raise ValueError(f"schedule.pool={self.pool!r}; fix: one of {list(POOLS)}")
         for phase, n in self.segments:
-            if phase not in PHASES or n < 0:
-                raise ValueError(f"bad schedule segment ({phase!r}, {n}); phases are {PHASES}, epochs >= 0")
+            if not isinstance(phase, str) or not phase or isinstance(n, bool) or not isinstance(n, int) or n < 0:
+                raise ValueError(f"bad schedule segment ({phase!r}, {n}); fix: [phase name, epochs >= 0]")
         if self.total_epochs == 0:
             raise ValueError("schedule has no epochs; fix: train.epochs > 0")
 
@@ -56,9 +57,22 @@ class Schedule:
             epoch -= n
         return [p for p, n in self.segments if n][-1]
 
-    def soft_epochs_before(self, epoch: int) -> int:
-        """How many soft epochs precede `epoch` (indexes the soft-batch pool)."""
-        return sum(self.phase_at(e) == SOFT for e in range(epoch))
+    def soft_epochs_before(self, epoch: int, phase: str = SOFT) -> int:
+        """How many epochs of `phase` precede `epoch` (indexes the soft-batch pool)."""
+        return sum(self.phase_at(e) == phase for e in range(epoch))
+
+    def eval_epochs(self, every: int = 0, phase_ends: bool = True) -> list[int]:
+        """The epochs validated during training: the last epoch, the last epoch of every phase (phase_ends),
+        and epochs 0, every, 2 every, ... (every > 0; the papers' epochs). The callback and the cost
+        estimator both read this."""
+        last = self.total_epochs - 1
+        ends = {e - 1 for e in self.switches()} if phase_ends else set()
+        regular = set(range(0, self.total_epochs, every)) if every > 0 else set()
+        return sorted({last} | ends | regular)
+
+    def phase_ends(self) -> list[int]:
+        """The last epoch of every phase, the final epoch included (the crop-consistency probe's epochs)."""
+        return sorted({e - 1 for e in self.switches()} | {self.total_epochs - 1})
 
     def segment_of(self, epoch: int) -> tuple[int, int]:
         """(index, first epoch) of the non-empty segment holding `epoch`."""
@@ -103,8 +117,17 @@ def _blocks(total: int, block: int, first: str) -> list[tuple[str, int]]:
     return segs
 
 
-def make_schedule(preset: str, epochs: int, soft_fraction: float = 0.5, block: int = 1, pool: str = "run") -> Schedule:
-    """Build a preset. epochs = H + S with S = round(epochs * soft_fraction); block = n for S2-S5."""
+def make_schedule(preset: str, epochs: int, soft_fraction: float = 0.5, block: int = 1, pool: str = "run",
+                  segments: list | None = None) -> Schedule:
+    """Build a preset. epochs = H + S with S = round(epochs * soft_fraction); block = n for S2-S5.
+    `segments` (schedule.segments: [[phase, epochs], ...]) replaces the preset: any phases of student.phases,
+    in any order; their epochs must add up to `epochs`."""
+    if segments:
+        segs = tuple((str(p), int(n)) for p, n in segments)
+        if sum(n for _, n in segs) != epochs:
+            raise ValueError(f"schedule.segments add up to {sum(n for _, n in segs)} epochs, train.epochs={epochs}; "
+                             f"fix: make them equal")
+        return Schedule(segs, pool)
     s = int(round(epochs * soft_fraction))
     h = epochs - s
     if block < 1:
@@ -127,18 +150,20 @@ def make_schedule(preset: str, epochs: int, soft_fraction: float = 0.5, block: i
     return Schedule(tuple(presets[preset]()), pool)
 
 
-def soft_pool(schedule: Schedule, epoch: int, passes: int, batches_per_pass: int, seed: int) -> list[int]:
-    """Stored-batch ids for a soft epoch: each stored batch once per `passes` consecutive soft epochs, in a
-    seeded random order. One soft epoch uses batches_per_pass records (= every image once)."""
+def soft_pool(schedule: Schedule, epoch: int, passes: int, batches_per_pass: int, seed: int,
+              phase: str = SOFT) -> list[int]:
+    """Stored-batch ids for an epoch of the replay phase `phase`: each stored batch once per `passes`
+    consecutive epochs of it, in a seeded random order. One epoch uses batches_per_pass records (= every
+    image once)."""
     if schedule.pool == "pass":
-        p = schedule.soft_epochs_before(epoch) % passes
+        p = schedule.soft_epochs_before(epoch, phase) % passes
         return list(range(p * batches_per_pass, (p + 1) * batches_per_pass))
     if schedule.pool == "segment":
         index, start = schedule.segment_of(epoch)
         cycle, within = divmod(epoch - start, passes)
         g = torch.Generator().manual_seed(seed_of(seed, 1, index, cycle))  # its own stream: (seed, 1, segment, cycle)
     else:
-        cycle, within = divmod(schedule.soft_epochs_before(epoch), passes)
+        cycle, within = divmod(schedule.soft_epochs_before(epoch, phase), passes)
         g = torch.Generator().manual_seed(seed_of(seed, cycle))
     perm = torch.randperm(passes * batches_per_pass, generator=g)
     return perm[within * batches_per_pass:(within + 1) * batches_per_pass].tolist()

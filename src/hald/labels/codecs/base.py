@@ -24,7 +24,8 @@ def register_codec(name: str) -> Callable[[type[Codec]], type[Codec]]:
 
 def codec_class(name: str) -> type[Codec]:
     if name not in CODECS:
-        raise ValueError(f"unknown codec '{name}'; fix: codec=fp16|fp32|topk|quant|topk_quant")
+        raise ValueError(f"unknown codec '{name}'; fix: labels.codec.name=one of {sorted(CODECS)} (or a codec "
+                         f"config: codec=fp16|fp32|topk|quant|topk_quant|...)")
     return CODECS[name]
 
 
@@ -45,6 +46,11 @@ class Codec(ABC):
 
     def spec(self) -> dict[str, Any]:
         return {"name": self.name, **{f.name: getattr(self, f.name) for f in fields(self)}}
+
+    @classmethod
+    def tag(cls, c: Mapping[str, Any]) -> str:
+        """A short name of a codec config for run names (its parameters may still be `auto`), e.g. top5q4."""
+        return cls.name
 
     def describe(self) -> str:
         return " ".join(f"{k}={v}" for k, v in self.spec().items())

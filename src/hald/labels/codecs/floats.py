@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 
@@ -15,6 +15,10 @@ FLOAT_DTYPES = {"float16": torch.float16, "float32": torch.float32}
 @dataclass(frozen=True)
 class FloatCodec(Codec):
     dtype: str = "float16"
+
+    @classmethod
+    def tag(cls, c: Mapping[str, Any]) -> str:
+        return "fp16" if c.get("dtype", "float16") == "float16" else "fp32"
 
     def __post_init__(self) -> None:
         if self.dtype not in FLOAT_DTYPES:

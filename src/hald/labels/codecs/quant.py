@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 
@@ -20,6 +20,10 @@ from hald.labels.codecs.topk import check_k, check_rest, fill_rows, index_dtype
 class Quant(Codec):
     bits: int | None = None  # required; None only so that a missing bits gets the "fix:" message
     space: str = "log"
+
+    @classmethod
+    def tag(cls, c: Mapping[str, Any]) -> str:
+        return f"q{c.get('bits')}{c.get('space', 'log')}"
 
     def __post_init__(self) -> None:
         check_bits(self.name, self.bits)
@@ -48,6 +52,10 @@ class TopKQuant(Codec):
     k: int | None = None
     bits: int | None = None
     rest: str = "uniform"
+
+    @classmethod
+    def tag(cls, c: Mapping[str, Any]) -> str:
+        return f"top{c.get('k')}q{c.get('bits')}"
 
     def __post_init__(self) -> None:
         check_k(self.name, self.k)

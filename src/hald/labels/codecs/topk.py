@@ -3,7 +3,7 @@ dtype, parameter checks, rebuilding a full row from k entries) are shared with t
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Any, Mapping
 
 import torch
 
@@ -42,6 +42,10 @@ def fill_rows(idx: torch.Tensor, vals: torch.Tensor, num_classes: int, rest: str
 class TopK(Codec):
     k: int | None = None  # required; None only so that a missing k gets the "fix:" message
     rest: str = "uniform"
+
+    @classmethod
+    def tag(cls, c: Mapping[str, Any]) -> str:
+        return f"top{c.get('k')}"
 
     def __post_init__(self) -> None:
         check_k(self.name, self.k)

@@ -17,6 +17,9 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from hald.data.sources import class_names
+from hald.distill import Cost
+
 TRAIN = 3.0  # forward + backward (input and weight gradients) ~ 3 forwards
 
 # The real datasets' sizes (the rehearsal's own come from its stand-ins).
@@ -74,20 +77,18 @@ def _steps(cfg: DictConfig, epochs: int, n: int, batch: int) -> int:
     return epochs * (per_epoch if limit is None else min(per_epoch, limit))
 
 
-def _phase_ends(cfg: DictConfig, epochs: int, passes: int) -> set[int]:
-    """The last epoch of every phase (train/callbacks.py evaluates there, and logs crop consistency)."""
-    from hald.train.schedule import make_schedule
+def _schedule(cfg: DictConfig, epochs: int, passes: int, preset: str | None = None):
+    """The run's phase schedule, by the pipeline's own builder (pipeline/student.build_schedule)."""
+    from hald.pipeline.student import build_schedule
 
-    s = cfg.schedule
-    sched = make_schedule(s.preset, epochs, float(s.soft_fraction), int(s.block or passes))
-    return {e - 1 for e in sched.switches()} | {epochs - 1}
+    changes = {"train": {"epochs": epochs}, **({"schedule": {"preset": preset, "segments": None}} if preset else {})}
+    return build_schedule(OmegaConf.merge(cfg, changes), passes)
 
 
-def _evaluations(cfg: DictConfig, epochs: int, passes: int) -> int:
-    """Test evaluations during training: epochs 0, every, 2 every, ..., every phase end and the last."""
-    every = cfg.train.get("eval_every")
-    every_n = {e for e in range(epochs) if every and e % int(every) == 0}
-    return len(every_n | _phase_ends(cfg, epochs, passes))
+def _evaluations(cfg: DictConfig, epochs: int, passes: int, preset: str | None = None) -> int:
+    """Test evaluations during training: the epochs the phase callback validates (Schedule.eval_epochs)."""
+    sched = _schedule(cfg, epochs, passes, preset)
+    return len(sched.eval_epochs(int(cfg.train.get("eval_every") or 0), bool(cfg.train.get("eval_phase_ends", True))))
 
 
 def _tested(cfg: DictConfig, n_test: int, key: str) -> int:
@@ -96,13 +97,27 @@ def _tested(cfg: DictConfig, n_test: int, key: str) -> int:
     return n_test if limit is None else min(n_test, limit * int(cfg.train.eval_batch_size))
 
 
+def _work_flops(cfg: DictConfig, cost: Cost) -> Stage:
+    """A method's Cost (distill/registry.py) as a Stage: forwards x model FLOPs (x3 for training passes)."""
+    stage = Stage(cost.unit)
+    if cost.label:
+        stage.parts.append(cost.label)
+    for w in cost.work:
+        stage.add(w.units, w.images * (TRAIN if w.train else 1.0) * _f(cfg, w.model, w.pretrained), w.label or None)
+    return stage
+
+
 def stage_costs(cfg: DictConfig, n_train: int, n_test: int, ipc: int | None = None,
                 only_teachers: list[str] | None = None) -> dict[str, Stage]:
     """Per stage: units and FLOPs of the run `cfg` describes, on a train split of n_train images and a test
     split of n_test. `ipc`: the distilled set's images per class when a folder sets it (distill=folder).
-    `only_teachers`: squeeze counts these teachers only (the others were reused from the cache)."""
-    cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=False))
-    C, size = int(cfg.dataset.num_classes), int(cfg.dataset.input_size)
+    `only_teachers`: squeeze counts these teachers only (the others were reused from the cache).
+    Every count comes from the planner the pipeline itself calls: the teachers it trains (trained_teachers),
+    each method's own cost record, the relabel plan (slc or label_budget), the validation epochs."""
+    from hald.distill import method_of
+    from hald.pipeline.stages import needs_priors, plan_relabel, trained_teachers
+
+    C = int(cfg.dataset.num_classes)
     ipc = int(ipc if ipc is not None else cfg.ipc)
     n_syn = ipc * C
     out: dict[str, Stage] = {}
@@ -111,93 +126,66 @@ def stage_costs(cfg: DictConfig, n_train: int, n_test: int, ipc: int | None = No
 
     # squeeze: every teacher trained here (pretrained or checkpoint teachers are loaded)
     sq = out["squeeze"] = Stage("teacher steps")
-    d = cfg.distill
-    trained = [] if (t.pretrained or t.checkpoints) else list(t.models)
-    pool = d.get("pool")
-    if d.method == "cvdd" and pool is not None and not (pool.get("pretrained") or pool.get("checkpoints")):
-        trained += [m for m in pool.models if m not in trained]  # shared names are one cached teacher
-    for m in trained if only_teachers is None else [m for m in trained if m in only_teachers]:
+    for m in trained_teachers(cfg) if only_teachers is None else [m for m in trained_teachers(cfg)
+                                                                    if m in only_teachers]:
         s = t.squeeze
         steps = _steps(cfg, int(s.epochs), n_train, int(s.batch_size))
         if s.get("max_steps") is not None:
             steps = min(steps, int(s.max_steps))
         sq.add(steps, steps * int(s.batch_size) * TRAIN * _f(cfg, m, False) + n_test * _f(cfg, m, False), m)
 
-    # distill
-    ds = out["distill"] = Stage({"rded": "crops scored", "folder": "images read"}.get(d.method, "unit iterations"))
-    if d.method == "rded":
-        crops = C * int(d.mipc) * int(d.num_crops)
-        ds.add(crops, crops * _f(cfg, t.models[0], t.pretrained), "RDED scoring")
-    elif d.method in ("sre2l", "sre2lpp", "cvdd"):
-        _recover(cfg, ds, ipc)
-    if d.method == "cvdd" and d.get("priors") is None:
+    # distill: the method's own cost record
+    dcfg = OmegaConf.to_container(cfg.distill, resolve=True)
+    out["distill"] = _work_flops(cfg, method_of(cfg.distill.method).cost(dcfg, cfg.dataset, ipc))
+    if needs_priors(cfg.distill):
         out["priors"] = _priors(cfg, n_train)
 
-    # relabel: SLI passes over the distilled images, one teacher forward per image (BSSL: the same FLOPs)
-    passes = int(cfg.slc) // ipc
+    # relabel: the plan relabel will use (slc or label_budget), one teacher forward per image (BSSL: the same)
+    try:  # the real class names size the manifest a budget counts; WNID-shaped stand-ins when not on disk
+        classes = class_names(cfg.dataset)
+    except Exception:  # noqa: BLE001  (a stand-in path in a test, a dataset not downloaded)
+        classes = [f"n{c:08d}" for c in range(C)]
+    passes = plan_relabel(cfg, n_syn, ipc, classes).passes if cfg.labels.store is None else 0
     out["relabel"] = Stage("soft labels", passes * n_syn, passes * n_syn * relabel_f, [f"{passes} passes"])
 
     # train (+ its test evaluations) and the final evaluation
     sf = _f(cfg, cfg.model.name, False)
     epochs, batch = int(cfg.train.epochs), int(cfg.train.soft_batch_size)
     steps = _steps(cfg, epochs, n_syn, batch)
-    evals = _evaluations(cfg, epochs, passes)
+    evals = _evaluations(cfg, epochs, max(passes, 1))
     train = out["train"] = Stage("student steps", steps, steps * batch * TRAIN * sf
                                  + evals * _tested(cfg, n_test, "limit_val_batches") * sf,
                                  [f"{epochs} epochs", f"{evals} test evaluations"])
     if cfg.train.get("crop_consistency"):  # two crops per pair and image, at every phase end
-        probes = len(_phase_ends(cfg, epochs, passes)) * n_syn * 2 * int(cfg.train.consistency_pairs)
+        ends = len(_schedule(cfg, epochs, max(passes, 1)).phase_ends())
+        probes = ends * n_syn * 2 * int(cfg.train.consistency_pairs)
         train.add(0, probes * sf, f"crop consistency: {probes} crops")
     tested = _tested(cfg, n_test, "limit_test_batches")
     out["evaluate"] = Stage("test images", tested, tested * sf)
     return out
 
 
-def _recover(cfg: DictConfig, stage: Stage, ipc: int, members: list[str] | None = None,
-             iterations: int | None = None) -> None:
-    """SRe2L / SRe2L++ / CV-DD recover: units (IPC index, class chunk) x iterations x the unit's voters."""
-    from hald.distill.recover import committee_schedule
-
-    d, C = cfg.distill, int(cfg.dataset.num_classes)
-    pool = d.get("pool") or cfg.teacher
-    names = list(members or pool.models)
-    pretrained = pool.get("pretrained")
-    chunk = int(d.class_chunk)
-    chunks = math.ceil(C / chunk)
-    committee = OmegaConf.to_container(d.committee) if members is None else None
-    schedule = committee_schedule(names, committee, int(cfg.seed), [0.0] * len(names))  # members only
-    iters = int(iterations if iterations is not None else d.iterations)
-    units = [(i, k) for i in range(ipc) for k in range(chunks)]
-    cap = d.get("units_run")
-    run = units if cap is None else units[:int(cap)]
-    for i, k in run:
-        voters = sum(_f(cfg, names[m], pretrained) for m in schedule.members(i))
-        images = min(chunk, C - k * chunk)
-        stage.add(iters, iters * images * TRAIN * voters)
-    stage.parts.append(f"{len(run)} of {len(units)} units x {iters} iterations")
-    if d.get("init") == "rded":
-        r = d.rded
-        crops = C * int(r.mipc) * int(r.num_crops)
-        stage.add(0, crops * _f(cfg, names[0], pretrained), f"RDED init: {crops} crops scored")
-
-
 def _priors(cfg: DictConfig, n_train: int) -> Stage:
-    """CV-DD's measured priors: per pool teacher, its own SRe2L++ set, relabelled, and a student trained on it
-    and tested on the held-out train images (pipeline/priors.py)."""
-    p, d = cfg.distill.prior, cfg.distill
+    """CV-DD's measured priors: per pool teacher, its own one-teacher set (the method's single_teacher
+    config, by the same prior_config the pipeline runs), relabelled, and a student trained on it and tested on
+    the held-out train images (pipeline/priors.py)."""
+    from hald.distill import method_of
+    from hald.pipeline.priors import prior_config
+
+    p = cfg.distill.prior
     C = int(cfg.dataset.num_classes)
     stage = Stage("pool teachers measured")
     t = cfg.teacher
     relabel_f = sum(_f(cfg, m, t.pretrained) for m in t.models)
     sf = _f(cfg, cfg.model.name, False)
     held = int(n_train * float(p.holdout))
-    for m in d.pool.models:
-        part = Stage("")
-        _recover(cfg, part, int(p.ipc), members=[m], iterations=int(p.iterations))
+    for i, m in enumerate(cfg.distill.pool.models):
+        pcfg = prior_config(cfg, i)
+        d = OmegaConf.to_container(pcfg.distill, resolve=True)
+        part = _work_flops(pcfg, method_of(d["method"]).cost(d, cfg.dataset, int(p.ipc)))
         n = int(p.ipc) * C
         passes = int(p.slc) // int(p.ipc)
         steps = _steps(cfg, int(p.epochs), n, int(cfg.train.soft_batch_size))
-        pcfg = OmegaConf.merge(cfg, {"schedule": {"preset": str(p.get("schedule") or cfg.schedule.preset)}})
         evals = _evaluations(pcfg, int(p.epochs), passes)
         flops = (part.flops + passes * n * relabel_f + steps * int(cfg.train.soft_batch_size) * TRAIN * sf
                  + (evals + 1) * held * sf)

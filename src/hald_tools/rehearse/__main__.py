@@ -1,6 +1,6 @@
 """`make rehearse`: every paper preset end to end at its real shape on stand-in data, with a cost table.
 
-    python -m hald.rehearse [--only hald_tiny_slc50,cvdd_in1k] [--gpu-tflops 20]
+    python -m hald_tools.rehearse [--only hald_tiny_slc50,cvdd_in1k] [--gpu-tflops 20]
 
 Each preset runs as a user runs it (`python src/run.py experiment=NAME ...`, one subprocess, its own run
 directory, one artifact cache per dataset so equal stages are reused as they would be), with the counts of
@@ -23,9 +23,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from hald.rehearse import standins
-from hald.rehearse.estimate import SPLITS, stage_costs
-from hald.rehearse.presets import BY_NAME, PRESETS, PUBLISHED_FULL_IPC, PUBLISHED_IPC, STANDIN, Preset
+from hald_tools.rehearse import standins
+from hald_tools.rehearse.estimate import SPLITS, stage_costs
+from hald_tools.rehearse.presets import BY_NAME, PRESETS, PUBLISHED_FULL_IPC, PUBLISHED_IPC, STANDIN, Preset
 
 ROOT = Path(__file__).resolve().parents[3]
 DATASET = {"tiny": "tiny_imagenet", "in1k": "imagenet1k"}

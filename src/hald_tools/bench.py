@@ -1,6 +1,6 @@
 """`make bench`: the storage and data-path benchmarks, each a ratio measured side by side in one process.
 
-    python -m hald.bench [--out experiments/bench.md] [--skip-accuracy] [--device cuda]
+    python -m hald_tools.bench [--out experiments/bench.md] [--skip-accuracy] [--device cuda]
 
 1. replay: images/s of `render` against the peers' path (per image: torchvision v2 resized_crop + flip on
    uint8, antialiased, to float, normalise; then the batch's CutMix), on the same stored records
