@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from hald import bench
+from hald_tools import bench
 
 
 def test_goals_table_follows_the_measurements():

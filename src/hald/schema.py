@@ -101,16 +101,6 @@ class TeacherConfig:
 
 
 @dataclass
-class CodecConfig:
-    name: str = "float"
-    dtype: Optional[str] = None
-    k: Any = None       # an int, or auto (the budget planner picks it)
-    bits: Any = None    # an int, or auto
-    rest: Optional[str] = None
-    space: Optional[str] = None
-
-
-@dataclass
 class LabelsConfig:
     slc: Any = None
     store: Optional[str] = None
@@ -125,7 +115,7 @@ class LabelsConfig:
     cutmix_alpha: float = 1.0
     seed: int = 42
     num_workers: int = 0
-    codec: CodecConfig = field(default_factory=CodecConfig)
+    codec: Any = None  # a codec's keys are its class's fields (labels/codecs): checked by check_codec
 
     def __post_init__(self) -> None:
         positive("labels", batch_size=self.batch_size, bssl_group_size=self.bssl_group_size)
@@ -330,8 +320,26 @@ def validate(cfg: DictConfig) -> None:
             check_against(TeacherConfig, distill["pool"], "distill.pool")
             distill["pool"] = None
         check_against(method.config, distill, "distill")
+    check_codec(OmegaConf.to_container(cfg.labels.codec, resolve=True))
     check_trainer(OmegaConf.to_container(cfg.trainer, resolve=True))
     check_student(cfg)
+
+
+def check_codec(codec: dict[str, Any]) -> None:
+    """`labels.codec` names a registered codec and only its parameters (the dataclass fields of its class)."""
+    from dataclasses import fields
+
+    from hald.labels.codecs import CODECS
+
+    name = codec.get("name")
+    if name not in CODECS:
+        raise ConfigError(f"labels.codec.name={name}; fix: one of {sorted(CODECS)} (codec=fp16|fp32|topk|quant|"
+                          f"topk_quant, or a codec of a plugin)")
+    known = {"name"} | {f.name for f in fields(CODECS[name])}
+    unknown = sorted(set(codec) - known)
+    if unknown:
+        raise ConfigError(f"unknown config key 'labels.codec.{unknown[0]}' (codec {name} takes {sorted(known - {'name'})})"
+                          f"; fix: remove it")
 
 
 def check_trainer(trainer: dict[str, Any]) -> None:

@@ -141,8 +141,10 @@ def bench_epochs(n_images: int = 16, batch: int = 8, size: int = 224, source: in
 
     from hald.data.distilled import DistilledImages
     from hald.labels.store import LabelStore, write_shard
+    from types import SimpleNamespace
+
     from hald.train.datamodule import HALDDataModule
-    from hald.train.losses import cutmix_smoothed_targets, soft_kl, soft_target_ce
+    from hald.train.phases import standard_phases
     from hald.train.schedule import HARD, SOFT, Schedule
 
     gen = torch.Generator().manual_seed(0)
@@ -168,19 +170,17 @@ def bench_epochs(n_images: int = 16, batch: int = 8, size: int = 224, source: in
                 b = dm.on_after_batch_transfer(dm.transfer_batch_to_device(b, torch.device(device), 0), 0)
                 if not step:  # the data path alone
                     continue
-                if isinstance(b, dict):
-                    loss = soft_kl(net(b["x"]), b["target"], 20.0, True)
-                else:
-                    x, t = cutmix_smoothed_targets(b[0], b[1], classes, 1.0, 0.8)
-                    loss = soft_target_ce(net(x), t)
+                # the epoch's phase computes the loss, as in training (soft KL at T = 20; CutMix + smoothed CE)
+                loss, _ = dm.loader_phase.training_loss(SimpleNamespace(micro_forward=net, current_epoch=e), b)
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
 
         fns = {}
         for path in ("host", "device"):
-            dm = HALDDataModule(distilled, store, ds, Schedule(((SOFT, 1), (HARD, 1))), TensorDataset(images, targets),
-                                batch, batch, images_on_device=path == "device")
+            dm = HALDDataModule(distilled, store, ds, Schedule(((SOFT, 1), (HARD, 1))),
+                                standard_phases(batch, batch, hard_temperature=1.0),
+                                TensorDataset(images, targets), images_on_device=path == "device")
             for name, e in (("soft", 0), ("hard", 1)):
                 fns[f"{path} {name}"] = lambda dm=dm, e=e: epoch(dm, e)
                 fns[f"{path} {name} data"] = lambda dm=dm, e=e: epoch(dm, e, step=False)

@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import logging
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, List, Mapping, Optional, Sequence
 
@@ -242,7 +242,7 @@ def to_uint8_01(x: torch.Tensor) -> torch.Tensor:
 class CimJob:
     """Everything a rank needs (pickled to spawned DDP processes)."""
     source: ImageSource
-    teacher: Teacher
+    teacher: dict[str, Any]  # the Teacher's fields: Lightning's spawn launcher refuses frozen dataclasses
     dataset: dict[str, Any]
     settings: CimSettings
     ipc: int
@@ -282,7 +282,7 @@ def run_rank(fabric, job: CimJob) -> None:
             if c % fabric.world_size == fabric.global_rank and not store.is_done(unit_name(c))]
     s = job.settings
     threads = job.cpu_threads if fabric.device.type == "cpu" else None
-    net = load_pool_teacher(job.teacher, job.dataset, fabric.device) if todo else None
+    net = load_pool_teacher(Teacher(**job.teacher), job.dataset, fabric.device) if todo else None
     layer = resolve_feature_layer(net, job.feature_layer) if todo else None
     with intra_op_threads(threads):
         for c in (track(todo, "cim: classes") if job.progress and fabric.global_rank == 0 else todo):
@@ -414,7 +414,7 @@ def distill_cim(source: ImageSource, dataset: Mapping[str, Any], out_dir: Path, 
     work = Path(out_dir) / ".work" if own_work_dir else Path(work_dir)
     store = UnitStore(work)
     progress = bool((trainer_kwargs or {}).get("enable_progress_bar", True))
-    job = CimJob(source, teachers[0], dataset, settings, int(ipc), int(seed), int(mipc), str(feature_layer),
+    job = CimJob(source, asdict(teachers[0]), dataset, settings, int(ipc), int(seed), int(mipc), str(feature_layer),
                  int(batch_size), work, progress, cpu_threads, None if units_run is None else int(units_run))
     names = [unit_name(c) for c in range(job.num_classes)]
     missing = [n for n in names if not store.is_done(n)]

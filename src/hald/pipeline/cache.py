@@ -48,9 +48,10 @@ def dataset_identity(ds: DictConfig) -> dict[str, Any]:
 
 
 def training_identity(cfg: DictConfig) -> dict[str, Any]:
-    """What determines a student training besides its images and labels (the key of a cached training)."""
+    """What determines a student training besides its images and labels (the key of a cached training): the
+    student config too, so a derived student trained with another phase or loss is never reused."""
     return {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
-            for k in ("model", "train", "schedule", "optimizer", "soft_loss", "hard_loss", "seed")}
+            for k in ("model", "train", "schedule", "optimizer", "soft_loss", "hard_loss", "student", "seed")}
 
 
 def cached(ctx: Context, stage: str, key: str, config: Any, upstream: dict[str, str],

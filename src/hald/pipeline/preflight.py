@@ -42,9 +42,14 @@ def preflight(cfg: DictConfig) -> Checked:
     method = method_of(cfg.distill.method)
     check_counts(cfg, method)
     try:
-        build_schedule(cfg, passes=1)
+        schedule = build_schedule(cfg, passes=1)
     except ValueError as e:
         raise ConfigError(f"schedule {cfg.schedule.preset} over train.epochs={cfg.train.epochs}: {e}") from None
+    unknown = sorted({p for p, _ in schedule.segments} - set(cfg.student.phases))
+    if unknown:
+        raise ConfigError(f"the schedule names phase(s) {unknown} that student.phases does not define (it has "
+                          f"{sorted(cfg.student.phases)}); fix: schedule.segments over those, or a student config "
+                          f"that adds the phase")
     dcfg = OmegaConf.to_container(cfg.distill, resolve=True)
     check_method(dcfg, cfg.dataset)
     images = method.build(dcfg, cfg.dataset) if method.given else None  # a set on disk: opened and verified
