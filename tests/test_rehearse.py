@@ -13,6 +13,7 @@ from hald.data.sources import build_source
 from hald.data.sources.registry import class_names
 from hald.distill.recover import distill_recover
 from hald.models import build_backbone, save_weights
+from hald.models.teachers import Teacher
 from hald_tools.rehearse import standins
 from hald_tools.rehearse.__main__ import store_bytes_full
 from hald_tools.rehearse.estimate import SPLITS, stage_costs
@@ -66,7 +67,7 @@ def test_units_run_recovers_the_first_units_and_keeps_the_init_of_the_rest(tmp_p
     torch.manual_seed(0)
     net = build_backbone("convnet_w32", 10, 1, 28)
     save_weights(net, tmp_path / "t.safetensors")
-    teacher = {"name": "convnet_w32", "key": "k", "weights": str(tmp_path / "t.safetensors"), "source": "checkpoint"}
+    teacher = Teacher("convnet_w32", "k", str(tmp_path / "t.safetensors"), source="checkpoint")
     source = build_source(compose(FAST).dataset, "train")
     kw = dict(source=source, dataset=MNIST, teachers=[teacher], method="sre2l", ipc=2, seed=0, iterations=2,
               flip_p=0.0, class_chunk=5, trainer_kwargs={"accelerator": "cpu", "enable_progress_bar": False})

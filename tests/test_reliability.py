@@ -340,9 +340,10 @@ def test_a_changed_unit_file_is_computed_again(fast_cfg, monkeypatch):
 
 
 def test_nan_loss_stops_with_one_line_and_a_valid_checkpoint(fast_cfg, monkeypatch):
+    from hald.train import losses as losses_mod
     from hald.train import module as module_mod
 
-    real = module_mod.soft_kl
+    real = losses_mod.soft_kl
 
     def nan_in_epoch_1(logits, *a, **k):
         loss = real(logits, *a, **k)
@@ -354,7 +355,7 @@ def test_nan_loss_stops_with_one_line_and_a_valid_checkpoint(fast_cfg, monkeypat
         nan_in_epoch_1.m = self
         return orig_step(self, batch, batch_idx)
 
-    monkeypatch.setattr(module_mod, "soft_kl", nan_in_epoch_1)
+    monkeypatch.setattr(losses_mod, "soft_kl", nan_in_epoch_1)  # what the soft phase's SoftKL calls
     monkeypatch.setattr(module_mod.StudentModule, "training_step", step)
     cfg = fast_cfg("train.epochs=4", "schedule.preset=soft_only")
     with pytest.raises(DivergedError, match="not finite at epoch 1") as e:

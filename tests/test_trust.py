@@ -33,10 +33,18 @@ def passed_in(made) -> list[str]:
 
 # -- a label store passed in -------------------------------------------------------------------------------------
 def test_a_store_passed_in_gives_the_soft_loss_its_temperature(fast_cfg, made):
+    from hydra.utils import instantiate
+
+    from hald.pipeline.preflight import adopt_store, preflight
+
     cfg = fast_cfg("train.epochs=1", *passed_in(made))
     assert cfg.soft_loss.temperature == 20  # the config's default ...
+    adopted = adopt_store(cfg, preflight(cfg).store)  # the run's one explicit step (pipeline.run)
+    assert adopted.soft_loss.temperature == adopted.labels.temperature == adopted.hard_loss.temperature == 4
+    phases = instantiate(adopted.student.phases)  # ... reaches the losses the run trains with
+    assert phases["soft"].loss.temperature == phases["hard"].loss.temperature == 4
+    assert cfg.soft_loss.temperature == 20  # pre-flight changed nothing
     pipeline.run(cfg)
-    assert cfg.soft_loss.temperature == cfg.labels.temperature == cfg.hard_loss.temperature == 4  # ... the store's
 
 
 @pytest.mark.parametrize("claim, match", [("soft_loss.temperature=20", "T=4"),

@@ -64,7 +64,8 @@ def test_mosaic_places_anchor_q_times_ipc_plus_j_and_views_give_them_back():
     m = mosaic(a, ipc, factor=2)
     assert m.shape == (ipc, 2, size, size)
     for j in range(ipc):  # tile q (row-major) of image j = anchor q * ipc + j
-        assert [m[j, 0, 0, 0], m[j, 0, 0, -1], m[j, 0, -1, 0], m[j, 0, -1, -1]] == [j, ipc + j, 2 * ipc + j, 3 * ipc + j]
+        corners = [m[j, 0, 0, 0], m[j, 0, 0, -1], m[j, 0, -1, 0], m[j, 0, -1, -1]]
+        assert corners == [j, ipc + j, 2 * ipc + j, 3 * ipc + j]
     assert torch.equal(quadrant_views(m, 2), a)  # constant anchors survive nearest-down / bilinear-up exactly
     g = torch.rand(4 * ipc, 1, size, size)  # in general: tile q of image j = anchor q * ipc + j at even pixels
     tiles = mosaic(g, ipc, 2).view(ipc, 1, 2, 4, 2, 4).permute(2, 4, 0, 1, 3, 5).reshape(4 * ipc, 1, 4, 4)
@@ -189,7 +190,8 @@ def test_cim_end_to_end_on_mnist5k(tmp_path):
     units = manifest["units"]
     assert [u["class"] for u in units] == list(range(10))
     assert all(len(u["anchors"]["train_indices"]) == 8 and u["anchors"]["ce"] == sorted(u["anchors"]["ce"])
-               and u["iterations"] == 3 and u["first_loss"] > 0 and 0 <= u["clamped_fraction"] <= 1 for u in units)
+               and u["iterations"] == 3 and u["first_loss"] > 0 and 0 <= u["clamped_fraction"] <= 1
+               and 0 <= u["clamped_mean_abs"] <= 0.03 for u in units)  # |delta| <= 3 steps x lr
     assert (images_dir.parent / "grid.png").is_file()
     # the images are mosaics of the anchors they record: tile 0 of image 0 ~ anchor 0, nearest-downsampled
     source = build_source(ctx.cfg.dataset, "train")

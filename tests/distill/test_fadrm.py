@@ -235,3 +235,17 @@ def test_a_teacher_that_cannot_take_a_stage_size_is_a_config_error(source, tmp_p
 def test_bad_fadrm_configs_stop_in_preflight(tmp_path, extra, match):
     with pytest.raises(InputError, match=match):
         preflight(compose(FAST + ["distill=fadrm", extra], tmp_path))
+
+
+@pytest.mark.slow
+def test_fadrm_plus_shares_ipc_indices_over_two_ddp_ranks(source, tmp_path):
+    """Two CPU processes (Lightning Fabric, ddp_spawn): IPC index i runs on rank i mod 2 and the images equal a
+    one-process run's (units are seeded by what they are). The job carries the teachers as plain dicts:
+    Lightning's spawn launcher refuses frozen dataclasses (Teacher)."""
+    teachers = [_teacher(tmp_path, "convnet_w32", 0), _teacher(tmp_path, "resnet10_w16_small", 1)]
+    two = _build(source, tmp_path / "two", teachers, devices=2)
+    _build(source, tmp_path / "one", teachers, devices=1)
+    assert sorted((u["ipc_index"], u["rank"]) for u in two["units"]) == [(0, 0), (0, 0), (1, 1), (1, 1)]
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.png"))
+    assert len(files) == 21  # 20 images + the grid
+    assert all((tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes() for f in files)

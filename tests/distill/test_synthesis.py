@@ -7,7 +7,7 @@ from hald import artifacts, pipeline
 from hald.data.sources import SOURCES
 from hald.distill.committee import voter_weights
 from hald.pipeline.cache import Context
-from hald.pipeline.stages import stage_distill, stage_squeeze
+from hald.pipeline.stages import distill_teachers, stage_distill, stage_squeeze
 
 # A recover that still moves: few iterations, few real images scored, priors from a tiny set and 2 epochs.
 TINY = ["distill.iterations=8", "distill.rded.mipc=20", "distill.prior.ipc=2", "distill.prior.slc=4",
@@ -63,7 +63,7 @@ def test_distill_cvdd_end_to_end_with_priors_on_held_out_train_images(shared, mo
     # priors given by hand skip the measurement and make other images
     hand_cfg = compose(FAST + ["distill=cvdd", *TINY, "distill.priors=[90,50,10]"], shared)
     ctx = Context(hand_cfg, shared / "cache")
-    hand, _, _ = stage_distill(ctx, stage_squeeze(ctx))
+    hand, _, _ = stage_distill(ctx, distill_teachers(ctx))
     assert str(hand) != out["images"] and len(seen) == 1
     assert artifacts.read_manifest(hand.parent)["priors"] == [90.0, 50.0, 10.0]
 

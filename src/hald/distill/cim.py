@@ -24,8 +24,10 @@ class c, with one frozen observer (the pool's first model, eval mode):
 Named departures (docs/fidelity.md): every random draw is seeded (the official code sets no seed): the
 subset by (seed, class) as RDED's, the augmentation by seed_of(seed, class); the images are stored as PNG, so
 M + delta is clamped to [0, 1] and rounded to uint8 (the official data.pt keeps unclamped floats; the manifest
-records the clamped fraction per class); flips follow `dataset.flip_p` (0 on digits, 0.5 elsewhere as the
-official); the forward stops at the feature layer (the official runs the whole network: the same gradient).
+records per class the fraction of pixels clamped and the mean amount); flips follow `dataset.flip_p` (0 on
+digits, 0.5 elsewhere as the official); the forward stops at the feature layer (the official runs the whole
+network: the same features and gradient); ties in CE are broken by index (a stable sort); a class with fewer
+than mipc images is scored once each (the official loader repeats its files cyclically).
 
 One unit = one class, written when it finishes and skipped when a killed run is started again
 (hald/units.py); with `devices > 1`, or inside the pipeline's DDP world, class c goes to rank c mod world size.
@@ -41,7 +43,6 @@ from typing import Any, Callable, List, Mapping, Optional, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torchvision.transforms import v2
 
 from hald import dist
@@ -51,7 +52,7 @@ from hald.data.distilled import load_distilled, save_png
 from hald.data.sources import ImageSource
 from hald.data.transforms import eval_transform
 from hald.distill.pixels import normalize
-from hald.distill.rded import best_crops, resolve_factor, stitch
+from hald.distill.rded import best_crops, resolve_factor
 from hald.distill.registry import Cost, Work, register
 from hald.distill.runtime import intra_op_threads, load_pool_teacher, make_fabric, save_grid
 from hald.errors import ConfigError
@@ -62,100 +63,8 @@ from hald.units import UnitStore
 log = logging.getLogger(__name__)
 
 
-# -- the defining step: pure functions -----------------------------------------------------------------------
-def mosaic(anchors: torch.Tensor, ipc: int, factor: int = 2) -> torch.Tensor:
-    """[factor^2 * ipc, C, H, W] anchors -> [ipc, C, H, W] mosaics: image j, tile q (row-major) = anchor
-    q * ipc + j, nearest-downsampled to H / factor (CIM's `mix_images`; RDED's `stitch` places the tiles)."""
-    size = anchors.shape[-1]
-    t = size // factor
-    return stitch(F.interpolate(anchors, size=(t, t), mode="nearest"), factor, size)
-
-
-def quadrant_views(x: torch.Tensor, factor: int = 2) -> torch.Tensor:
-    """[B, C, H, W] -> [factor^2 * B, C, H, W]: tile q (row-major) of image j, bilinearly upsampled to H x W
-    (align_corners False), at q * B + j, so view i is the view of anchor i (CIM's `decode_zoom`)."""
-    b, c, h, w = x.shape
-    th, tw = h // factor, w // factor
-    tiles = x.reshape(b, c, factor, th, factor, tw).permute(2, 4, 0, 1, 3, 5).reshape(factor * factor * b, c, th, tw)
-    return F.interpolate(tiles, size=(h, w), mode="bilinear", align_corners=False)
-
-
-def cim_loss(features_views: torch.Tensor, features_real: torch.Tensor) -> torch.Tensor:
-    """sum over pairs i of mean over feature dims d of |f(view_i)_d - f(real_i)_d| (CIM's "l1_mean")."""
-    n = features_views.shape[0]
-    return (features_views.reshape(n, -1) - features_real.reshape(n, -1)).abs().mean(dim=1).sum()
-
-
-def shared_augment(x: torch.Tensor, flip_p: float = 0.5, shift: float = 0.125, cutout: float = 0.5) -> torch.Tensor:
-    """One random draw for the whole batch (global torch RNG: seed it outside), differentiable, as CIM's
-    DiffAug("crop_cutout_flip", batch=True): a horizontal flip with probability flip_p; a shift by an integer
-    in [-round(shift * H), round(shift * H)] per axis, zero fill; a square of side round(cutout * H) centred at
-    a point drawn in [0, H] (clipped at the border) set to 0. Zero is the mean colour: x is normalised."""
-    h, w = x.shape[-2:]
-    if flip_p > 0 and float(torch.rand(())) < flip_p:
-        x = x.flip(-1)
-    sh, sw = int(h * shift + 0.5), int(w * shift + 0.5)
-    if sh or sw:
-        dy, dx = int(torch.randint(-sh, sh + 1, ())), int(torch.randint(-sw, sw + 1, ()))
-        x = F.pad(x, (sw, sw, sh, sh))[..., sh + dy:sh + dy + h, sw + dx:sw + dx + w]  # out[y] = in[y + dy] or 0
-    ch, cw = int(h * cutout + 0.5), int(w * cutout + 0.5)
-    if ch and cw:
-        cy, cx = int(torch.randint(0, h + 1 - ch % 2, ())), int(torch.randint(0, w + 1 - cw % 2, ()))
-        mask = torch.ones(h, w, dtype=x.dtype, device=x.device)
-        mask[max(cy - ch // 2, 0):cy - ch // 2 + ch, max(cx - cw // 2, 0):cx - cw // 2 + cw] = 0
-        x = x * mask
-    return x
-
-
-# -- the observer's features ----------------------------------------------------------------------------------
-class _Reached(Exception):
-    def __init__(self, value: torch.Tensor):
-        super().__init__()
-        self.value = value
-
-
-def layer_input(net: nn.Module, layer: str, x: torch.Tensor) -> torch.Tensor:
-    """The input of module `layer` of net on x, flattened per image (CIM's hook on a child's input). The
-    forward stops there: what follows cannot change the feature or its gradient."""
-    module = dict(net.named_modules())[layer]
-
-    def hook(_m, args):
-        raise _Reached(args[0])
-
-    handle = module.register_forward_pre_hook(hook)
-    try:
-        net(x)
-    except _Reached as r:
-        return r.value.flatten(1)
-    finally:
-        handle.remove()
-    raise RuntimeError(f"cim: module '{layer}' of {type(net).__name__} was not reached by the forward pass")
-
-
-def resolve_feature_layer(net: nn.Module, layer: str = "auto") -> str:
-    """The module whose input is matched. auto = CIM's depth per architecture: a ResNet with the ImageNet stem
-    (7x7/2 convolution + max-pool: torchvision's, timm's resnet18/50, resnet18_tv) -> `layer3`, i.e. the
-    output of layer2 (its depth -4 on torchvision's ResNet-18, scripts/imagenet-1k/*_res.sh); anything else
-    -> the classifier, i.e. the pooled penultimate feature (its -1 on resnet18_modified at 32 / 64 px) and
-    a ConvNet's last block, flattened (its depth 3 on conv4 / 2 on conv3: the last block)."""
-    modules = dict(net.named_modules())
-    if layer != "auto":
-        if layer not in modules or not layer:
-            children = [n for n, _ in net.named_children()]
-            raise ConfigError(f"distill.feature_layer={layer!r} is not a module of {type(net).__name__}; fix: auto, "
-                              f"or a dotted module name such as one of {children}")
-        return layer
-    if isinstance(getattr(net, "maxpool", None), nn.MaxPool2d) and "layer3" in modules:
-        return "layer3"
-    head = net.get_classifier() if hasattr(net, "get_classifier") else None
-    for name, m in modules.items():
-        if name and head is not None and m is head:
-            return name
-    for name in ("fc", "head", "classifier"):
-        if isinstance(modules.get(name), nn.Linear):
-            return name
-    raise ConfigError(f"distill.feature_layer=auto: no classifier found in {type(net).__name__}; fix: "
-                      f"distill.feature_layer=<the module whose input is the feature>")
+from hald.distill.cim_matching import (cim_loss, layer_input, mosaic, quadrant_views,  # noqa: E402,F401
+                                      resolve_feature_layer, shared_augment)
 
 
 # -- anchors ----------------------------------------------------------------------------------------------------
@@ -295,15 +204,17 @@ def run_rank(fabric, job: CimJob) -> None:
                 torch.manual_seed(unit_seed)
                 x, hist = synthesize(lambda b: layer_input(net, layer, b), anchors, job.ipc, job.dataset,
                                      s if runs else CimSettings(**{**vars(s), "iterations": 0}))
-            outside = float(((x < 0) | (x > 1)).float().mean())
+            cut = (x - x.clamp(0, 1)).abs()  # what the PNG's clamp removes (the official keeps it)
+            outside, cut_mean = float((cut > 0).float().mean()), float(cut.mean())
             write_class(store, c, to_uint8_01(x), {
                 "class": c, "rank": fabric.global_rank, "seed": unit_seed, "feature_layer": layer,
                 "iterations": s.iterations if runs else 0, "anchors": chosen,
                 "first_loss": hist["loss"][0] if hist["loss"] else None,
-                "last_loss": hist["loss"][-1] if hist["loss"] else None, "clamped_fraction": round(outside, 6)})
+                "last_loss": hist["loss"][-1] if hist["loss"] else None, "clamped_fraction": round(outside, 6),
+                "clamped_mean_abs": round(cut_mean, 7)})
             if runs and hist["loss"]:
-                log.info("cim: class %d loss %.4f -> %.4f (%.2f%% of pixels outside [0, 1] clamped)", c,
-                         hist["loss"][0], hist["loss"][-1], 100 * outside)
+                log.info("cim: class %d loss %.4f -> %.4f (clamped to [0, 1]: %.1f%% of pixels, by %.5f on average)",
+                         c, hist["loss"][0], hist["loss"][-1], 100 * outside, cut_mean)
     fabric.barrier()
 
 
@@ -324,8 +235,8 @@ def check_cim(dcfg: Mapping[str, Any], dataset: Mapping[str, Any]) -> None:
         raise ConfigError(f"distill.units_run={dcfg['units_run']} must be >= 1; fix: a positive count, or null")
     need = int(dcfg.get("ipc") or 0) * factor ** 2
     if int(dcfg.get("mipc", 300)) < need:
-        raise ConfigError(f"distill.mipc={dcfg.get('mipc')} is fewer than the ipc * factor^2 = {need} anchors CIM keeps; "
-                          f"fix: distill.mipc>={need} (CIM: 300, 500 at IPC 100, 1000 at IPC 200)")
+        raise ConfigError(f"distill.mipc={dcfg.get('mipc')} is fewer than the ipc * factor^2 = {need} anchors CIM "
+                          f"keeps; fix: distill.mipc>={need} (CIM: 300, 500 at IPC 100, 1000 at IPC 200)")
     for key in ("shift", "cutout", "flip_p"):
         if not 0 <= float(dcfg.get(key, 0)) <= 1:
             raise ConfigError(f"distill.{key}={dcfg.get(key)} must be in [0, 1]; fix: CIM's 0.125 / 0.5 / 0.5")
@@ -360,7 +271,8 @@ def cim_real_images(dcfg: Mapping[str, Any], dataset: Mapping[str, Any]) -> int:
 
 def cim_cost(dcfg: Mapping[str, Any], dataset: Mapping[str, Any], ipc: int) -> Cost:
     """Per class: mipc scoring forwards, then per iteration one training pass (forward + backward to the
-    pixels) of 2 * ipc * factor^2 images (anchors and views)."""
+    pixels) of 2 * ipc * factor^2 images (anchors and views), counted as whole-model passes (an upper bound:
+    the forward stops at the feature layer)."""
     pool, C = dcfg["pool"], int(dataset["num_classes"])
     model, pre = str(pool["models"][0]), pool.get("pretrained")
     iters, n = int(dcfg.get("iterations", 200)), ipc * int(dcfg.get("factor", 2)) ** 2

@@ -1,6 +1,6 @@
 """`distill=fadrm | fadrm_plus` (FADRM / FADRM+, arXiv 2506.24125, NeurIPS 2025): recover with data-residual
 matching over resolution stages, as the official code does it (Jiacheng8/FADRM @ f445e38, recover/recover.py =
-R, recover/utils_recover.py = U; the spec with every line: docs/fidelity.md "FADRM").
+R, recover/utils_recover.py = U; every preset value with its source: docs/fidelity.md, "FADRM / FADRM+").
 
 One code path for both (R:20-159); FADRM recovers with the pool's first model, FADRM+ with every model of the
 pool in turn: global iteration i uses teacher i mod K, in pool order (R:74-78). Per unit (IPC index, class
@@ -9,7 +9,8 @@ chunk; recover.py's units, resumable the same way):
   the official code reads pre-made "medium" patches whose making is not in its repo, U:208-252), and
   x = bilinear(P0, sizes[0]) (U:239-248);
 - stage s runs budgets[s] steps at sizes[s]: iteration i is at stage bisect_right(cumsum(budgets), i), with a
-  fresh Adam (betas (0.5, 0.9)) per stage (R:67-68) and lr 0.5 (1 + cos(pi i / N)) lr over the global i (R:54-56, 80);
+  fresh Adam (betas (0.5, 0.9)) per stage (R:67-68) and lr 0.5 (1 + cos(pi i / N)) lr over the global i
+  (R:54-56, 80);
 - each step: one RandomResizedCrop(sizes[s]) + flip + roll [0, J] of the batch (augment.py; R:82-101), then
   L = CE + r_bn * BN (first BN x `first_bn_multiplier`, bn_matching.py) of that iteration's teacher, under
   autocast (R:105-112), pixels clamped to the valid range (R:118). A teacher without BatchNorm (AlexNet)
@@ -25,7 +26,7 @@ import itertools
 import logging
 import math
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Sequence
 
@@ -46,6 +47,7 @@ from hald.distill.recover import (RecoverJob, RecoverSettings, _progress, commit
 from hald.distill.registry import Cost, Work, register
 from hald.distill.runtime import intra_op_threads, load_pool_teacher, make_fabric, save_grid
 from hald.errors import ConfigError
+from hald.models.teachers import Teacher
 from hald.seeding import seed_of
 from hald.units import UnitStore
 
@@ -105,6 +107,8 @@ def check_sizes(nets: Sequence[nn.Module], names: Sequence[str], sizes: Sequence
         for size in sizes:
             try:
                 net(torch.zeros(2, channels, size, size, device=device))
+            except torch.OutOfMemoryError:
+                raise
             except RuntimeError as e:
                 raise ConfigError(f"teacher {name} cannot take {size}-px inputs ({str(e).splitlines()[0][:120]}); "
                                   f"fix: distill.input_sizes=null (every stage at the input size) or sizes "
@@ -183,8 +187,9 @@ def run_rank(fabric, job: RecoverJob) -> None:
     store = UnitStore(job.work_dir)
     todo = [(i, k) for i, k in job.units()
             if i % fabric.world_size == fabric.global_rank and not store.is_done(unit_name(i, k))]
-    s, names = job.settings, [t.name for t in job.teachers]
-    nets = [load_pool_teacher(t, job.dataset, fabric.device) for t in job.teachers] \
+    teachers = [Teacher(**t) for t in job.teachers]  # plain dicts in the job: Lightning's spawn launcher
+    s, names = job.settings, [t.name for t in teachers]  # cannot pass frozen dataclasses
+    nets = [load_pool_teacher(t, job.dataset, fabric.device) for t in teachers] \
         if any(job.runs(i, k) for i, k in todo) else []
     threads = job.cpu_threads if fabric.device.type == "cpu" else None
     with intra_op_threads(threads), _progress(job.progress and fabric.global_rank == 0) as bar:
@@ -323,16 +328,17 @@ def distill_fadrm(source: ImageSource, dataset: Mapping[str, Any], out_dir: Path
     work = Path(out_dir) / ".work" if own_work_dir else Path(work_dir)
     store = UnitStore(work)
     progress = bool((trainer_kwargs or {}).get("enable_progress_bar", True))
-    job = RecoverJob(turns, dataset, settings, schedule, "rded", None, ipc, class_chunk, seed, work, progress,
-                     cpu_threads, None if units_run is None else int(units_run))
+    job = RecoverJob([asdict(t) for t in turns], dataset, settings, schedule, "rded", None, ipc, class_chunk, seed,
+                     work, progress, cpu_threads, None if units_run is None else int(units_run))
     missing = [u for u in job.units() if not store.is_done(unit_name(*u))]
     device = make_fabric(trainer_kwargs).device
     nets = [load_pool_teacher(t, dataset, device) for t in turns]
     check_sizes(nets, [t.name for t in turns], sorted(set(sizes)), int(dataset["channels"]))
-    # The init: recomputed on resume (cheap, deterministic; the manifest records the selection).
-    scorer = nets[0] if turns[0] is teachers[0] else load_pool_teacher(teachers[0], dataset, device)
-    job.init_images, init_selection = rded_images(source, dataset, scorer, ipc, seed, progress=progress,
+    # The init, scored by the pool's first model: recomputed on resume (cheap, deterministic; the manifest
+    # records the selection).
+    job.init_images, init_selection = rded_images(source, dataset, nets[0], ipc, seed, progress=progress,
                                                   **dict(rded or {}))
+    del nets  # the ranks load their own
     devices = dist.world() if dist.active() else devices  # inside the pipeline's DDP world: its ranks
     if missing or dist.active():  # every rank of a DDP world joins (the barrier), even with nothing to do
         log.info("%s: %d of %d units to do on %d device(s)", method, len(missing), len(job.units()), devices)

@@ -41,6 +41,7 @@ from hald.distill.pixels import normalize, to_uint8, valid_range
 from hald.distill.rded import rded_images, rded_work, resolve_factor
 from hald.distill.registry import Cost, Work, register
 from hald.distill.runtime import intra_op_threads, load_pool_teacher, make_fabric, save_grid
+from hald.models.teachers import Teacher
 from hald.seeding import seed_of
 from hald.errors import ConfigError
 from hald.units import UnitStore
@@ -106,7 +107,7 @@ def recover_unit(voters: Sequence[nn.Module], weights: torch.Tensor, x0: torch.T
 @dataclass
 class RecoverJob:
     """Everything a rank needs (pickled to spawned DDP processes)."""
-    teachers: list[dict[str, Any]]
+    teachers: list[Teacher]
     dataset: dict[str, Any]
     settings: RecoverSettings
     schedule: CommitteeSchedule

@@ -13,7 +13,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 TEACHER_MODES = ("eval", "bssl")
 
 
-@dataclass(frozen=True)
+@dataclass  # not frozen: Lightning's spawn launcher rebuilds the dataclasses it pickles (recover's job)
 class Teacher:
     """One teacher as the stages hand it on: its model name, cache key, weights file (None: pretrained
     weights named by `source`), its test top-1 when it was squeezed here, whether it was reused, and where it

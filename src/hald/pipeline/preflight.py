@@ -12,7 +12,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from hald import dist
-from hald.data.distilled import DistilledImages, load_distilled
+from hald.data.distilled import DistilledImages
 from hald.data.sources import build_source, check_source, class_names
 from hald.distill import Method, check_method, method_of
 from hald.errors import ConfigError, InputError

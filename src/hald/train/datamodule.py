@@ -11,7 +11,7 @@ nothing but where the pixels are made.
 from __future__ import annotations
 
 import logging
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import lightning as L
 import torch

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from hald.distill import method_of
 from hald_tools.rehearse import standins
 from hald_tools.rehearse.estimate import SPLITS, stage_costs
 from hald_tools.rehearse.presets import BY_NAME, PRESETS, PUBLISHED_FULL_IPC, PUBLISHED_IPC, STANDIN, Preset
@@ -100,7 +101,7 @@ def stage_status(stage: str, res: dict[str, Any], built_teachers: list[str]) -> 
         if built_teachers:
             return "built"
         return "reused" if any(t["source"] == "squeeze" for t in res["teachers"]) else "loaded"
-    if stage == "distill" and res["distill"] == "folder":
+    if stage == "distill" and method_of(res["distill"]).given:
         return "folder read"
     if stage in ("distill", "relabel", "priors"):
         return "built" if built else "reused"

@@ -145,7 +145,7 @@ def stage_costs(cfg: DictConfig, n_train: int, n_test: int, ipc: int | None = No
         classes = class_names(cfg.dataset)
     except Exception:  # noqa: BLE001  (a stand-in path in a test, a dataset not downloaded)
         classes = [f"n{c:08d}" for c in range(C)]
-    passes = plan_relabel(cfg, n_syn, ipc, classes).passes if cfg.labels.store is None else 0
+    passes = plan_relabel(cfg, n_syn, ipc, classes).sli if cfg.labels.store is None else 0
     out["relabel"] = Stage("soft labels", passes * n_syn, passes * n_syn * relabel_f, [f"{passes} passes"])
 
     # train (+ its test evaluations) and the final evaluation
