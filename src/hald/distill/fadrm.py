@@ -25,8 +25,7 @@ import bisect
 import itertools
 import logging
 import math
-import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, List, Mapping, Optional, Sequence
 
@@ -34,20 +33,17 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hald import dist
 from hald.artifacts import plain
-from hald.data.distilled import load_distilled
 from hald.data.sources import ImageSource
 from hald.distill.augment import jitter_batch
 from hald.distill.bn_matching import BNStatistics
 from hald.distill.pixels import to_uint8, valid_range
 from hald.distill.rded import rded_images, rded_work, resolve_factor
-from hald.distill.recover import (RecoverJob, RecoverSettings, _progress, committee_schedule, recover_real_images,
-                                  resolve_jitter, unit_name, write_unit)
+from hald.distill.recover import (RecoverJob, RecoverSettings, progress_bar, committee_schedule, launch_units,
+                                  promote_units, recover_real_images, resolve_jitter, unit_name, write_unit)
 from hald.distill.registry import Cost, Work, register
-from hald.distill.runtime import intra_op_threads, load_pool_teacher, make_fabric, save_grid
+from hald.distill.runtime import intra_op_threads, load_pool_teacher, make_fabric
 from hald.errors import ConfigError
-from hald.models.teachers import Teacher
 from hald.seeding import seed_of
 from hald.units import UnitStore
 
@@ -187,12 +183,12 @@ def run_rank(fabric, job: RecoverJob) -> None:
     store = UnitStore(job.work_dir)
     todo = [(i, k) for i, k in job.units()
             if i % fabric.world_size == fabric.global_rank and not store.is_done(unit_name(i, k))]
-    teachers = [Teacher(**t) for t in job.teachers]  # plain dicts in the job: Lightning's spawn launcher
-    s, names = job.settings, [t.name for t in teachers]  # cannot pass frozen dataclasses
+    teachers = list(job.teachers)
+    s, names = job.settings, [t.name for t in teachers]
     nets = [load_pool_teacher(t, job.dataset, fabric.device) for t in teachers] \
         if any(job.runs(i, k) for i, k in todo) else []
     threads = job.cpu_threads if fabric.device.type == "cpu" else None
-    with intra_op_threads(threads), _progress(job.progress and fabric.global_rank == 0) as bar:
+    with intra_op_threads(threads), progress_bar(job.progress and fabric.global_rank == 0) as bar:
         task = bar.add_task("fadrm", total=len(todo) * s.iterations, losses="")
         for n, (i, k) in enumerate(todo):
             cls, unit_seed = job.classes(k), seed_of(job.seed, i, k)
@@ -328,9 +324,8 @@ def distill_fadrm(source: ImageSource, dataset: Mapping[str, Any], out_dir: Path
     work = Path(out_dir) / ".work" if own_work_dir else Path(work_dir)
     store = UnitStore(work)
     progress = bool((trainer_kwargs or {}).get("enable_progress_bar", True))
-    job = RecoverJob([asdict(t) for t in turns], dataset, settings, schedule, "rded", None, ipc, class_chunk, seed,
+    job = RecoverJob(list(turns), dataset, settings, schedule, "rded", None, ipc, class_chunk, seed,
                      work, progress, cpu_threads, None if units_run is None else int(units_run))
-    missing = [u for u in job.units() if not store.is_done(unit_name(*u))]
     device = make_fabric(trainer_kwargs).device
     nets = [load_pool_teacher(t, dataset, device) for t in turns]
     check_sizes(nets, [t.name for t in turns], sorted(set(sizes)), int(dataset["channels"]))
@@ -339,20 +334,8 @@ def distill_fadrm(source: ImageSource, dataset: Mapping[str, Any], out_dir: Path
     job.init_images, init_selection = rded_images(source, dataset, nets[0], ipc, seed, progress=progress,
                                                   **dict(rded or {}))
     del nets  # the ranks load their own
-    devices = dist.world() if dist.active() else devices  # inside the pipeline's DDP world: its ranks
-    if missing or dist.active():  # every rank of a DDP world joins (the barrier), even with nothing to do
-        log.info("%s: %d of %d units to do on %d device(s)", method, len(missing), len(job.units()), devices)
-        make_fabric(trainer_kwargs, devices).launch(run_rank, job)
-    names = [unit_name(*u) for u in job.units()]
-    done = [n for n in names if store.is_done(n)]
-    if len(done) != len(names):
-        raise RuntimeError(f"{method} finished {len(done)} of {len(names)} units in {work}; run again to resume")
-    records = store.records(names)
-    store.promote(names, Path(out_dir) / "images", strip="images/")
-    if own_work_dir:
-        shutil.rmtree(work, ignore_errors=True)
-    made = load_distilled(Path(out_dir) / "images", [str(k) for k in range(job.num_classes)], int(dataset["channels"]))
-    save_grid(Path(out_dir) / "grid.png", made.images.view(job.num_classes, ipc, *made.images.shape[1:]), ipc)
+    launch_units(run_rank, job, store, trainer_kwargs, devices, method)
+    records = promote_units(job, store, Path(out_dir), own_work_dir, method)
     return {"method": method, "ipc": ipc, "seed": seed, "init": "rded", "input_sizes": sizes,
             "budgets": [int(b) for b in budgets], "iterations": settings.iterations, "lr": float(lr),
             "alpha": float(alpha), "amp": bool(amp), "rounding": rounding, "jitter": settings.jitter,

@@ -23,7 +23,7 @@ import logging
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Mapping, Optional, Sequence
+from typing import Any, Callable, List, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -166,7 +166,7 @@ def write_unit(store: UnitStore, ipc_index: int, chunk: int, images: torch.Tenso
     store.commit(name, files, {"ipc_index": ipc_index, "chunk": chunk, "classes": classes, **record})
 
 
-def _progress(enabled: bool) -> Progress:
+def progress_bar(enabled: bool) -> Progress:
     return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeRemainingColumn(), TextColumn("{task.fields[losses]}"), transient=True,
                     disable=not enabled)
@@ -180,7 +180,7 @@ def run_rank(fabric, job: RecoverJob) -> None:
     nets: dict[int, nn.Module] = {}
     s = job.settings
     threads = job.cpu_threads if fabric.device.type == "cpu" else None
-    with intra_op_threads(threads), _progress(job.progress and fabric.global_rank == 0) as bar:
+    with intra_op_threads(threads), progress_bar(job.progress and fabric.global_rank == 0) as bar:
         task = bar.add_task("recover", total=len(todo) * s.iterations, losses="")
         for n, (i, k) in enumerate(todo):
             members, weights = job.schedule.members(i), job.schedule.weights(i)
@@ -212,6 +212,35 @@ def run_rank(fabric, job: RecoverJob) -> None:
                 "first": {key: hist[key][0] for key in ("ce", "bn", "loss")},
                 "last": {key: hist[key][-1] for key in ("ce", "bn", "loss")}})
     fabric.barrier()
+
+
+def launch_units(run: Callable, job: RecoverJob, store: UnitStore, trainer_kwargs: Mapping[str, Any] | None,
+                 devices: int, label: str) -> None:
+    """Run the job's missing units: `run(fabric, job)` on `devices` processes (Lightning Fabric), or on the
+    ranks of the pipeline's DDP world when there is one (every rank joins, even with nothing to do)."""
+    missing = [u for u in job.units() if not store.is_done(unit_name(*u))]
+    devices = dist.world() if dist.active() else devices
+    if missing or dist.active():
+        log.info("%s: %d of %d units to do (%d finished before) on %d device(s)", label, len(missing),
+                 len(job.units()), len(job.units()) - len(missing), devices)
+        make_fabric(trainer_kwargs, devices).launch(run, job)
+
+
+def promote_units(job: RecoverJob, store: UnitStore, out_dir: Path, own_work_dir: bool, label: str) -> list:
+    """Every unit finished: their records, their PNGs moved into `out_dir/images` (and the work dir removed
+    when it was the build's own), the preview grid written."""
+    names = [unit_name(*u) for u in job.units()]
+    done = [n for n in names if store.is_done(n)]
+    if len(done) != len(names):
+        raise RuntimeError(f"{label} finished {len(done)} of {len(names)} units in {store.root}; run again to "
+                           f"resume")
+    records = store.records(names)
+    store.promote(names, out_dir / "images", strip="images/")
+    if own_work_dir:
+        shutil.rmtree(store.root, ignore_errors=True)
+    made = load_distilled(out_dir / "images", [str(k) for k in range(job.num_classes)], int(job.dataset["channels"]))
+    save_grid(out_dir / "grid.png", made.images.view(job.num_classes, job.ipc, *made.images.shape[1:]), job.ipc)
+    return records
 
 
 def resolve_jitter(jitter: int | str, input_size: int) -> int:
@@ -342,28 +371,14 @@ def distill_recover(source: ImageSource, dataset: Mapping[str, Any], out_dir: Pa
     progress = bool((trainer_kwargs or {}).get("enable_progress_bar", True))
     job = RecoverJob(teachers, dataset, settings, schedule, init, None, ipc, class_chunk, seed, work, progress,
                      cpu_threads, None if units_run is None else int(units_run))
-    missing = [u for u in job.units() if not store.is_done(unit_name(*u))]
     init_selection = None
     if init == "rded":  # cheap and deterministic: recomputed on resume (the manifest records the selection)
         fabric = make_fabric(trainer_kwargs)
         scorer = load_pool_teacher(teachers[0], dataset, fabric.device)
         job.init_images, init_selection = rded_images(source, dataset, scorer, ipc, seed, progress=progress,
                                                       **dict(rded or {}))
-    devices = dist.world() if dist.active() else devices  # inside the pipeline's DDP world: its ranks
-    if missing or dist.active():  # every rank of a DDP world joins (the barrier), even with nothing to do
-        log.info("recover: %d of %d units to do (%d finished before) on %d device(s)", len(missing),
-                 len(job.units()), len(job.units()) - len(missing), devices)
-        make_fabric(trainer_kwargs, devices).launch(run_rank, job)
-    names = [unit_name(*u) for u in job.units()]
-    done = [n for n in names if store.is_done(n)]
-    if len(done) != len(names):
-        raise RuntimeError(f"recover finished {len(done)} of {len(names)} units in {work}; run again to resume")
-    records = store.records(names)
-    store.promote(names, Path(out_dir) / "images", strip="images/")
-    if own_work_dir:
-        shutil.rmtree(work, ignore_errors=True)
-    made = load_distilled(Path(out_dir) / "images", [str(k) for k in range(job.num_classes)], int(dataset["channels"]))
-    save_grid(Path(out_dir) / "grid.png", made.images.view(job.num_classes, ipc, *made.images.shape[1:]), ipc)
+    launch_units(run_rank, job, store, trainer_kwargs, devices, "recover")
+    records = promote_units(job, store, Path(out_dir), own_work_dir, "recover")
     committees = {i: {"members": [teachers[m].name for m in schedule.members(i)],
                       "weights": [round(float(w), 6) for w in schedule.weights(i)]} for i in range(ipc)}
     return {"method": method, "ipc": ipc, "seed": seed, "init": init, "iterations": int(iterations),
