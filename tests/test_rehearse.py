@@ -17,21 +17,22 @@ from hald.models.teachers import Teacher
 from hald_tools.rehearse import standins
 from hald_tools.rehearse.__main__ import store_bytes_full
 from hald_tools.rehearse.estimate import SPLITS, stage_costs
-from hald_tools.rehearse.presets import BY_NAME, PRESETS
+from hald_tools.rehearse.presets import BY_NAME, FAMILIES, PRESETS, STANDIN
 
 MNIST = {"name": "mnist5k", "num_classes": 10, "channels": 1, "input_size": 28, "mean": [0.1307], "std": [0.3081]}
 
 
 def test_every_paper_preset_is_rehearsed():
     papers = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")
-                    if p.stem.startswith(("hald_", "cvdd_")))
+                    if p.stem.startswith(("hald_", "cvdd_", "fadrm_", "cim_")))
     assert sorted(BY_NAME) == papers
+    assert all(p.family in FAMILIES and p.family in STANDIN for p in PRESETS)
 
 
 def test_rehearsal_overrides_change_counts_only(tmp_path):
     """Every override of every preset compose, and none touches a shape: classes, resolution, models, batch
     sizes, T, codec, teacher mode and schedule stay the preset's."""
-    paths = {"tiny": "/t", "in1k": "/i", "published": "/p"}
+    paths = {"tiny": "/t", "in1k": "/i", "cifar100": "/c", "nette": "/n", "woof": "/w", "published": "/p"}
     for p in PRESETS:
         published = ["distill.path=/p"] if p.published else []
         full = compose([f"experiment={p.name}", *published], tmp_path)
@@ -42,8 +43,18 @@ def test_rehearsal_overrides_change_counts_only(tmp_path):
                     "train.hard_batch_size", "train.micro_batch_size", "schedule", "trainer.precision",
                     "distill.method", "optimizer"):
             assert OmegaConf.select(r, key) == OmegaConf.select(full, key), (p.name, key)
+        assert r.dataset.name == FAMILIES[p.family].dataset, p.name
         if full.distill.method == "cvdd":
             assert r.distill.pool.models == full.distill.pool.models and r.distill.class_chunk == 100
+        if full.distill.method in ("fadrm", "fadrm_plus"):  # one step per stage: the stages stay
+            for key in ("pool.models", "pool.pretrained", "input_sizes", "class_chunk", "alpha", "jitter", "amp",
+                        "rounding", "rded.factor"):
+                assert OmegaConf.select(r.distill, key) == OmegaConf.select(full.distill, key), (p.name, key)
+            assert len(r.distill.budgets) == len(full.distill.budgets) and set(r.distill.budgets) == {1}
+        if full.distill.method == "cim":
+            for key in ("pool.models", "pool.pretrained", "factor", "feature_layer", "shift", "cutout", "flip_p"):
+                assert OmegaConf.select(r.distill, key) == OmegaConf.select(full.distill, key), (p.name, key)
+            assert r.distill.mipc == 4 * r.ipc  # the ipc x factor^2 real images CIM tiles
 
 
 def test_stage_costs_follow_the_shrunk_counts(tmp_path):
@@ -57,6 +68,26 @@ def test_stage_costs_follow_the_shrunk_counts(tmp_path):
     assert r["relabel"].units == 2 * 200 and f["relabel"].units == 300 * 2000
     for stage in r:  # the full run is more work in every stage
         assert f[stage].flops > r[stage].flops > 0, stage
+
+
+@pytest.mark.parametrize("name, units, full_units, parts", [
+    ("fadrm_plus_in1k", 4, 100 * 2000, ("1 of 10 units x 4 iterations (200/224/200/224 px)",
+                                        "100 of 100 units x 2000 iterations (200/224/200/224 px)")),
+    ("fadrm_tiny", 2, 100 * 1000, ("1 of 2 units x 2 iterations (64/64 px)", "100 of 100 units x 1000 iterations (64/64 px)")),
+    ("cim_in1k_ipc10", 1, 1000 * 200, ("1 of 1000 classes x 1 iterations", "1000 of 1000 classes x 200 iterations")),
+])
+def test_new_methods_are_priced_by_their_cost_records(tmp_path, name, units, full_units, parts):
+    """FADRM's and CIM's distill stage is priced by the method's own Cost (distill/registry.py): the
+    rehearsal's shrunk counts and the full preset's, from the same record."""
+    p = BY_NAME[name]
+    fam = FAMILIES[p.family]
+    paths = {p.family: "/d"}
+    r = stage_costs(compose([f"experiment={name}", *p.overrides(paths)], tmp_path),
+                    STANDIN[p.family]["train"] * fam.classes, STANDIN[p.family]["test"] * fam.classes)
+    f = stage_costs(compose([f"experiment={name}"], tmp_path), *fam.splits)
+    assert (r["distill"].units, f["distill"].units) == (units, full_units)
+    assert (r["distill"].parts[0], f["distill"].parts[0]) == parts
+    assert f["distill"].flops > r["distill"].flops > 0
 
 
 def test_full_store_bytes_of_the_285mb_preset():
@@ -99,6 +130,23 @@ def test_tiny_imagenet_standin_is_read_by_the_official_layout_source(tmp_path):
     assert tuple(x.shape) == (3, 64, 64) and x.dtype == torch.uint8 and y == 199
     stamp = (root / "standin.json").stat().st_mtime_ns
     assert standins.tiny_imagenet(root, 2, 1) == root and (root / "standin.json").stat().st_mtime_ns == stamp
+
+
+@pytest.mark.parametrize("family, overrides", [
+    ("cifar100", []), ("nette", []),
+    ("woof", ["dataset.train_dir=train", "dataset.test_dir=val", "dataset.num_classes=10"])])
+def test_small_family_standins_are_read_by_their_sources(tmp_path, family, overrides):
+    """CIFAR-100's pickles and the imagenette2 / imagewoof2 folders, read by the dataset the family's presets name."""
+    fam = FAMILIES[family]
+    root = standins.family_data(family, tmp_path, train_per_class=2, val_per_class=1)
+    cfg = compose([f"dataset={fam.dataset}", f"dataset.root={root}", *overrides], tmp_path)
+    train, test = build_source(cfg.dataset, "train"), build_source(cfg.dataset, "test")
+    assert (len(train), len(test), len(class_names(cfg.dataset))) == (2 * fam.classes, fam.classes, fam.classes)
+    x, y = train[len(train) - 1]
+    assert x.dtype == torch.uint8 and y == fam.classes - 1 and x.shape[0] == 3
+    assert (tuple(x.shape[1:]) == (32, 32)) == (family == "cifar100")
+    stamp = (root / "standin.json").stat().st_mtime_ns
+    assert standins.family_data(family, tmp_path, 2, 1) == root and (root / "standin.json").stat().st_mtime_ns == stamp
 
 
 def test_standin_torchvision_weights_take_the_pretrained_code_path(tmp_path, monkeypatch):

@@ -17,7 +17,7 @@ from conftest import ROOT, compose
 
 DOC = ROOT / "docs" / "fidelity.md"
 PAPER_PRESETS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")
-                       if p.stem.startswith(("hald_", "cvdd_")) or p.stem == "paper_exact")
+                       if p.stem.startswith(("hald_", "cvdd_", "fadrm_", "cim_")) or p.stem == "paper_exact")
 CELL = re.compile(r"`([^`]*)`")
 
 
@@ -151,6 +151,35 @@ def test_every_row_cites_a_source_or_says_why_not():
         i = header.index("official (source)")
         for row in rows:
             assert row[i] and row[i] != "-", f"row '{row[0]}' has no official value"
+
+
+def _plain(cfg, key: str):
+    return OmegaConf.to_container(OmegaConf.select(cfg, key), resolve=True)
+
+
+def test_hald_on_fadrm_images_makes_fadrm_plus_in1k_images(tmp_path):
+    """hald_in1k_fadrm builds its images with fadrm_plus_in1k's distill (so both runs share one image artifact:
+    the key is the resolved distill config and the pool's teacher keys, pipeline/stages.py stage_distill)."""
+    fadrm = compose(["experiment=fadrm_plus_in1k"], tmp_path)
+    hald = compose(["experiment=hald_in1k_fadrm"], tmp_path)
+    assert hald.distill.method == "fadrm_plus" and hald.ipc == fadrm.ipc == 10
+    assert _plain(hald, "distill") == _plain(fadrm, "distill")
+
+
+@pytest.mark.parametrize("preset, extra", [("hald_in1k_fadrm", []),
+                                           ("hald_in1k_fadrm_folder", ["distill.path=/published/set"])])
+def test_hald_fadrm_presets_are_hald_in1k_outside_the_images(preset, extra, tmp_path):
+    """The two HALD-on-FADRM presets restate hald_in1k_slc50 (inheriting it would merge RDED's distill keys into
+    theirs): equal to it in everything but the images, SLC 100 and the recovered-set teacher mode (BSSL)."""
+    base = OmegaConf.to_container(compose(["experiment=hald_in1k_slc50"], tmp_path), resolve=True)
+    cfg = OmegaConf.to_container(compose([f"experiment={preset}", *extra], tmp_path), resolve=True)
+    assert (cfg["slc"], cfg["labels"]["teacher_mode"], cfg["labels"]["bssl_group_size"]) == (100, "bssl", None)
+    for c in (base, cfg):
+        for k in ("distill", "slc"):
+            c.pop(k)
+        for k in ("teacher_mode", "slc"):  # labels.slc = ${slc}
+            c["labels"].pop(k)
+    assert cfg == base
 
 
 @pytest.mark.parametrize("option, n", [("cvdd_v1_in1k", 5), ("cvdd_v1_tiny", 5), ("cvdd_head_in1k", 5)])

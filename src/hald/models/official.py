@@ -17,6 +17,10 @@ a few thousand images reaches. These names keep the papers' architectures *and* 
 - `resnet18_tv`, `resnet50_tv`: torchvision's ResNet-18 / -50 with the head sized to the classes (the 224-px
   students of HALD / CV-DD `validate/train_fkd.py`: `models.resnet18(pretrained=False)`), torchvision's own
   initialisation (Kaiming-normal convolutions, BN 1/0, no zero-init of the last BN).
+- `densenet121_tv`, `shufflenet_v2_x1_0_tv`, `mobilenet_v2_tv`: torchvision's DenseNet-121, ShuffleNetV2 x1.0
+  and MobileNetV2 with the head sized to the classes and torchvision's own initialisation: FADRM+'s ImageNette
+  / ImageWoof pool (FADRM recover/utils_recover.py:261-287, `models.__dict__[name](num_classes=...)` loaded from
+  offline checkpoints), trained here (experiment=fadrm_plus_nette, fadrm_plus_woof).
 
 timm's initialisation stays available under the timm names (`resnet18`, `resnet18_small`, ...).
 Remaining architectural differences to the official modules (all documented in docs/fidelity.md): timm's
@@ -143,3 +147,29 @@ def resnet18_tv(pretrained: bool = False, **kwargs) -> nn.Module:
 def resnet50_tv(pretrained: bool = False, **kwargs) -> nn.Module:
     _no_pretrained("resnet50_tv", pretrained)
     return _torchvision("resnet50", kwargs)
+
+
+def _torchvision_rgb(name: str, tv_name: str, kwargs: dict) -> nn.Module:
+    """A torchvision architecture whose stem is not a ResNet's `conv1`: RGB input only."""
+    if int(kwargs.get("in_chans", 3)) != 3:
+        raise ValueError(f"{name} takes RGB input (3 channels), got in_chans={kwargs['in_chans']}; fix: an RGB "
+                         f"dataset, or a ResNet (resnet18_tv)")
+    return _torchvision(tv_name, kwargs)
+
+
+@register_model
+def densenet121_tv(pretrained: bool = False, **kwargs) -> nn.Module:
+    _no_pretrained("densenet121_tv", pretrained)
+    return _torchvision_rgb("densenet121_tv", "densenet121", kwargs)
+
+
+@register_model
+def shufflenet_v2_x1_0_tv(pretrained: bool = False, **kwargs) -> nn.Module:
+    _no_pretrained("shufflenet_v2_x1_0_tv", pretrained)
+    return _torchvision_rgb("shufflenet_v2_x1_0_tv", "shufflenet_v2_x1_0", kwargs)
+
+
+@register_model
+def mobilenet_v2_tv(pretrained: bool = False, **kwargs) -> nn.Module:
+    _no_pretrained("mobilenet_v2_tv", pretrained)
+    return _torchvision_rgb("mobilenet_v2_tv", "mobilenet_v2", kwargs)

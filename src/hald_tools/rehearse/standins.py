@@ -4,6 +4,9 @@
   the flat val/images/ with val/val_annotations.txt; 200 WNIDs, 64x64 RGB JPEGs.
 - ImageNet-1K: train/<wnid>/*.JPEG and val/<wnid>/*.JPEG, 1,000 WNID folders, JPEGs of ImageNet's typical
   sizes (500x375, 375x500, 500x333, ...), so the loaders' Resize(256) / RandomResizedCrop(224) do real work.
+- CIFAR-100: the python version's cifar-100-python/{train, test, meta} pickles (fine and coarse labels, 32x32).
+- ImageNette / ImageWoof: train/<wnid>/*.JPEG and val/<wnid>/*.JPEG with 10 WNID folders (imagenette2 /
+  imagewoof2), JPEGs of ImageNet's typical sizes.
 - A published distilled set as HALD's README ships them: 1,000 5-digit class folders of 224x224 JPEGs.
 - torchvision's ImageNet-1K weights: random-init state dicts under $TORCH_HOME/hub/checkpoints/ with the file
   names torchvision looks for, so `teacher.pretrained=torchvision:IMAGENET1K_V1` takes its real code path.
@@ -95,6 +98,55 @@ def imagenet1k(root: Path, train_per_class: int, val_per_class: int) -> Path:
     return root
 
 
+def cifar100(root: Path, train_per_class: int, test_per_class: int) -> Path:
+    """ROOT/cifar-100-python/{train, test, meta} as the official archive extracts: pickled dicts with `data`
+    (N x 3072 uint8, channel-major rows), `fine_labels`, `coarse_labels`, `filenames`; 100 fine classes."""
+    import pickle
+
+    root = Path(root)
+    spec = {"kind": "cifar100", "classes": 100, "train_per_class": train_per_class, "test_per_class": test_per_class}
+    if _made(root, spec):
+        return root
+    _fresh(root)
+    folder = root / "cifar-100-python"
+    folder.mkdir()
+    names = [f"standin_class_{k:03d}" for k in range(100)]
+    with open(folder / "meta", "wb") as f:
+        pickle.dump({"fine_label_names": names, "coarse_label_names": [f"standin_super_{k:02d}" for k in range(20)]}, f)
+    for split, count in (("train", train_per_class), ("test", test_per_class)):
+        rows, labels = [], []
+        for k in range(100):
+            rng = np.random.default_rng([k, 0 if split == "train" else 1])
+            for _ in range(count):
+                rows.append(np.asarray(_picture(rng, (32, 32))).transpose(2, 0, 1).reshape(-1))
+                labels.append(k)
+        with open(folder / split, "wb") as f:
+            pickle.dump({"batch_label": f"{split} batch (stand-in)", "fine_labels": labels,
+                         "coarse_labels": [k // 5 for k in labels], "data": np.stack(rows),
+                         "filenames": [f"standin_{i}.png" for i in range(len(labels))]}, f)
+    write_json_atomic(root / "standin.json", spec)
+    return root
+
+
+def wnid_folders(root: Path, kind: str, classes: int, train_per_class: int, val_per_class: int) -> Path:
+    """train/<wnid>/ and val/<wnid>/ for `classes` WNIDs: the imagenette2 / imagewoof2 layout (10 classes)."""
+    root = Path(root)
+    spec = {"kind": kind, "classes": classes, "train_per_class": train_per_class, "val_per_class": val_per_class,
+            "sizes": [list(s) for s in IMAGENET_SIZES]}
+    if _made(root, spec):
+        return root
+    _fresh(root)
+    for k, w in enumerate(wnids(classes)):
+        rng = np.random.default_rng([k, classes])
+        for split, count in (("train", train_per_class), ("val", val_per_class)):
+            (root / split / w).mkdir(parents=True)
+            for i in range(count):
+                size = IMAGENET_SIZES[(k + i) % len(IMAGENET_SIZES)]
+                _picture(rng, size).save(root / split / w / f"{w}_{split}_{i}.JPEG", quality=85)
+    write_json_atomic(root / "standin.json", spec)
+    return root
+
+
 def published_set(root: Path, ipc: int, classes: int = 1000, size: int = 224) -> Path:
     """A distilled set as published (SRe2L / LPLD / FADRM / RDED on HALD's Drive): 5-digit class folders."""
     root = Path(root)
@@ -133,3 +185,19 @@ def torchvision_weights(torch_home: Path, models: list[str], enum: str = "IMAGEN
     (Path(torch_home) / "STAND-IN-WEIGHTS.txt").write_text(
         "Random-init weights under torchvision's file names, made by `make rehearse`. Not pretrained.\n")
     return Path(torch_home)
+
+
+def family_data(family: str, data: Path, train_per_class: int, val_per_class: int) -> Path:
+    """The stand-in of a rehearsal family (hald_tools/rehearse/presets.py FAMILIES) under `data`."""
+    data = Path(data)
+    if family == "tiny":
+        return tiny_imagenet(data / "tiny-imagenet-200", train_per_class, val_per_class)
+    if family == "in1k":
+        return imagenet1k(data / "imagenet", train_per_class, val_per_class)
+    if family == "cifar100":
+        return cifar100(data / "cifar100", train_per_class, val_per_class)
+    if family == "nette":
+        return wnid_folders(data / "imagenette2", "imagenette", 10, train_per_class, val_per_class)
+    if family == "woof":
+        return wnid_folders(data / "imagewoof2", "imagewoof", 10, train_per_class, val_per_class)
+    raise ValueError(f"no stand-in data for rehearsal family '{family}'; fix: one of tiny, in1k, cifar100, nette, woof")
