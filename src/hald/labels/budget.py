@@ -80,11 +80,19 @@ def plan_store(codec_cfg: Mapping[str, Any], n_images: int, ipc: int, num_classe
         sli = plan_passes(int(slc), ipc)
         name = auto[0]
         top = num_classes if name == "k" else 16
-        for value in range(top, 0, -1):  # largest parameter = most faithful labels
-            codec = Codec.from_config({**cfg, name: value})
-            ok, sb, mb = fits(sli, codec)
-            if ok:
-                return Plan(sli, codec, sb, mb, limit)
+        # The largest parameter that fits (= the most faithful labels). A store's bytes grow with k and with
+        # bits, so a bisection finds it in log2(C) plans, not C (k=auto at C=1000 took minutes).
+        lo, hi = 0, top  # fits(lo) holds (lo = 0: none checked yet), the answer is in [lo, hi]
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            if fits(sli, Codec.from_config({**cfg, name: mid}))[0]:
+                lo = mid
+            else:
+                hi = mid - 1
+        if lo >= 1:
+            codec = Codec.from_config({**cfg, name: lo})
+            _, sb, mb = fits(sli, codec)
+            return Plan(sli, codec, sb, mb, limit)
         need = fits(sli, Codec.from_config({**cfg, name: 1}))
         raise LabelBudgetError(f"label_budget={budget} ({limit:,} B) cannot hold SLI={sli} even with labels.codec.{name}=1 "
                                f"(needs {sli * need[1] + need[2]:,} B); fix: a larger label_budget or a smaller slc")
@@ -94,7 +102,9 @@ def plan_store(codec_cfg: Mapping[str, Any], n_images: int, ipc: int, num_classe
         raise LabelBudgetError(f"label_budget={budget} ({limit:,} B) is below the minimum of one label per image "
                                f"with codec {codec.describe()}: {sb + mb:,} B; fix: label_budget>={sb + mb} or a "
                                f"smaller codec (e.g. codec=topk_quant)")
-    sli = 1
+    sli = max(1, (limit - manifest_bytes(1, codec)) // sb)  # a first guess; the manifest grows with SLI
+    while sli > 1 and not fits(sli, codec)[0]:
+        sli -= 1
     while fits(sli + 1, codec)[0]:
         sli += 1
     return Plan(sli, codec, sb, manifest_bytes(sli, codec), limit)
