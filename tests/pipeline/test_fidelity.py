@@ -169,8 +169,8 @@ def test_hald_on_fadrm_images_makes_fadrm_plus_in1k_images(tmp_path):
 @pytest.mark.parametrize("preset, extra", [("hald_in1k_fadrm", []),
                                            ("hald_in1k_fadrm_folder", ["distill.path=/published/set"])])
 def test_hald_fadrm_presets_are_hald_in1k_outside_the_images(preset, extra, tmp_path):
-    """The two HALD-on-FADRM presets restate hald_in1k_slc50 (inheriting it would merge RDED's distill keys into
-    theirs): equal to it in everything but the images, SLC 100 and the recovered-set teacher mode (BSSL)."""
+    """The two HALD-on-FADRM presets are hald_in1k_slc50 in everything but the images, SLC 100 and the
+    recovered-set teacher mode (BSSL)."""
     base = OmegaConf.to_container(compose(["experiment=hald_in1k_slc50"], tmp_path), resolve=True)
     cfg = OmegaConf.to_container(compose([f"experiment={preset}", *extra], tmp_path), resolve=True)
     assert (cfg["slc"], cfg["labels"]["teacher_mode"], cfg["labels"]["bssl_group_size"]) == (100, "bssl", None)

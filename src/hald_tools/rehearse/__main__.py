@@ -25,12 +25,13 @@ from typing import Any
 
 from hald.distill import method_of
 from hald_tools.rehearse import standins
-from hald_tools.rehearse.estimate import SPLITS, stage_costs
-from hald_tools.rehearse.presets import BY_NAME, PRESETS, PUBLISHED_FULL_IPC, PUBLISHED_IPC, STANDIN, Preset
+from hald_tools.rehearse.estimate import stage_costs
+from hald_tools.rehearse.presets import (BY_NAME, FAMILIES, PRESETS, PUBLISHED_FULL_IPC, PUBLISHED_IPC, STANDIN,
+                                         Preset)
 
 ROOT = Path(__file__).resolve().parents[3]
-DATASET = {"tiny": "tiny_imagenet", "in1k": "imagenet1k"}
-CLASSES = {"tiny": 200, "in1k": 1000}
+DATASET = {k: f.dataset for k, f in FAMILIES.items()}
+CLASSES = {k: f.classes for k, f in FAMILIES.items()}
 POOL_IN1K = ["resnet18", "resnet50", "shufflenet_v2_x1_0", "mobilenet_v2", "densenet121"]
 STAGES = ("squeeze", "priors", "distill", "relabel", "train", "evaluate")
 
@@ -54,11 +55,10 @@ def compose(overrides: list[str]):
 def make_data(work: Path, presets: list[Preset]) -> dict[str, str]:
     t0 = time.time()
     data = work / "data"
-    paths = {"tiny": "", "in1k": "", "published": ""}
-    if any(p.family == "tiny" for p in presets):
-        paths["tiny"] = str(standins.tiny_imagenet(data / "tiny-imagenet-200", **_counts("tiny")))
+    paths = {**{family: "" for family in FAMILIES}, "published": ""}
+    for family in sorted({p.family for p in presets}):
+        paths[family] = str(standins.family_data(family, data, **_counts(family)))
     if any(p.family == "in1k" for p in presets):
-        paths["in1k"] = str(standins.imagenet1k(data / "imagenet", **_counts("in1k")))
         paths["published"] = str(standins.published_set(data / "published_ipc1", PUBLISHED_IPC))
         standins.torchvision_weights(work / "torch_home", POOL_IN1K)
     print(f"rehearse: stand-in data ready in {time.time() - t0:.0f} s under {data}", flush=True)
@@ -123,7 +123,7 @@ def cost_rows(p: Preset, row: dict[str, Any], rates: dict[tuple[str, str], float
     C = CLASSES[p.family]
     rcost = stage_costs(rcfg, STANDIN[p.family]["train"] * C, STANDIN[p.family]["test"] * C,
                         ipc=PUBLISHED_IPC if p.published else None)
-    fcost = stage_costs(fcfg, *SPLITS[DATASET[p.family]], ipc=PUBLISHED_FULL_IPC if p.published else None)
+    fcost = stage_costs(fcfg, *FAMILIES[p.family].splits, ipc=PUBLISHED_FULL_IPC if p.published else None)
     timings = res["timings_s"]
     trained = built_teachers(Path(row["log"]))
     if trained:  # squeeze's seconds cover the teachers this run trained, not those it reused
@@ -277,13 +277,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-HOW = """What is shrunk (counts only; hald/rehearse/presets.py): ipc 1, soft-label passes (Tiny 2, IN-1K 1),
+HOW = """What is shrunk (counts only; hald/rehearse/presets.py): ipc 1, soft-label passes (IN-1K 1, the others 2),
 4 student epochs of 3 steps, one test batch per student evaluation, 1 crop pair per image for the
 crop-consistency probe, 1 teacher squeeze step, RDED candidates (mipc / num_crops: what its selection
-needs), 1 recover iteration and 1 recover unit run (the others keep their RDED init), the CV-DD prior runs'
-counts, stand-in images per class (Tiny 10 train / 1 val, IN-1K 4 / 1), loader workers 0. Kept: all 200 /
-1,000 classes in every label row, 64 / 224 px, the official layouts (tiny-imagenet-200; 1,000 WNID folders
-read through Resize 256; 5-digit folders of 224 px JPEGs for published sets), the paper's models (torchvision
+needs), 1 recover iteration (FADRM: 1 per stage) and 1 recover unit run (the others keep their RDED init),
+CIM's 1 step of 1 class (the others keep their mosaic), the CV-DD prior runs' counts, stand-in images per class
+(Tiny and CIFAR-100 10 train / 1 val, IN-1K 4 / 1, ImageNette and ImageWoof 8 / 1), loader workers 0. Kept: all 10 /
+100 / 200 / 1,000 classes in every label row, 32 / 64 / 224 px, the official layouts (tiny-imagenet-200;
+cifar-100-python pickles; WNID folders read through Resize 256; 5-digit folders of 224 px JPEGs for published
+sets), the paper's models (torchvision
 IMAGENET1K_V1 file names, random-init stand-ins under TORCH_HOME), batch sizes, T, codecs, teacher modes,
 schedules and precision.
 
