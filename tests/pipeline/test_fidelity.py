@@ -17,7 +17,7 @@ from conftest import ROOT, compose
 
 DOC = ROOT / "docs" / "fidelity.md"
 PAPER_PRESETS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")
-                       if p.stem.startswith(("hald_", "cvdd_", "fadrm_", "cim_")) or p.stem == "paper_exact")
+                       if p.stem.startswith(("hald_", "cvdd_", "fadrm_", "cim_", "lpqld_")) or p.stem == "paper_exact")
 CELL = re.compile(r"`([^`]*)`")
 
 
