@@ -38,7 +38,7 @@ from hald.distill.augment import jitter_batch
 from hald.distill.bn_matching import BNStatistics
 from hald.distill.committee import CommitteeSchedule
 from hald.distill.pixels import normalize, to_uint8, valid_range
-from hald.distill.rded import rded_images, rded_work, resolve_factor
+from hald.distill.rded import rded_images, rded_real_images, rded_work, resolve_factor
 from hald.distill.registry import Cost, Work, register
 from hald.distill.runtime import intra_op_threads, load_pool_teacher, make_fabric, save_grid
 from hald.models.teachers import Teacher
@@ -279,8 +279,7 @@ def recover_real_images(dcfg: Mapping[str, Any], dataset: Mapping[str, Any]) -> 
     """SRe2L starts from noise; SRe2L++ / CV-DD initialise from RDED images (ipc * factor^2 real crops)."""
     if dcfg.get("init") != "rded":
         return 0
-    factor = resolve_factor((dcfg.get("rded") or {}).get("factor", "auto"), int(dataset["input_size"]))
-    return int(dcfg.get("ipc") or 0) * factor ** 2
+    return rded_real_images({**dict(dcfg.get("rded") or {}), "ipc": dcfg.get("ipc")}, dataset)
 
 
 def recover_cost(dcfg: Mapping[str, Any], dataset: Mapping[str, Any], ipc: int) -> Cost:
