@@ -24,7 +24,7 @@ MNIST = {"name": "mnist5k", "num_classes": 10, "channels": 1, "input_size": 28, 
 
 def test_every_paper_preset_is_rehearsed():
     papers = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml")
-                    if p.stem.startswith(("hald_", "cvdd_", "fadrm_", "cim_")))
+                    if p.stem.startswith(("hald_", "cvdd_", "fadrm_", "cim_", "lpqld_")))
     assert sorted(BY_NAME) == papers
     assert all(p.family in FAMILIES and p.family in STANDIN for p in PRESETS)
 
@@ -92,6 +92,12 @@ def test_new_methods_are_priced_by_their_cost_records(tmp_path, name, units, ful
 
 def test_full_store_bytes_of_the_285mb_preset():
     assert store_bytes_full(BY_NAME["hald_in1k_285mb"])[::2] == (301_783_062, 3)
+
+
+def test_full_store_bytes_of_the_lpqld_presets():
+    """LPQLD's IPC 10 row at its byte count (conf/experiment/lpqld_in1k_ipc10.yaml: 30 shards of 4,112,858 B)."""
+    assert store_bytes_full(BY_NAME["lpqld_in1k_ipc10"])[::2] == (123_385_740, 30)
+    assert store_bytes_full(BY_NAME["lpqld_in1k_ipc50"])[0] == 5 * 123_385_740
 
 
 def test_units_run_recovers_the_first_units_and_keeps_the_init_of_the_rest(tmp_path, one_thread):
@@ -190,3 +196,22 @@ def test_make_rehearse_runs_a_preset_of_each_shape_end_to_end(tmp_path):
         assert (res["dataset"], res["student"], res["ipc"]) == (dataset, student, 1)
         store = json.loads((pathlib.Path(res["store"]) / "manifest.json").read_text())
         assert store["num_classes"] == classes
+
+
+def test_merge_replaces_the_run_presets_and_keeps_the_others():
+    """`--only A --merge`: A's summary row and section are the new run's, every other preset's stay as they were
+    (old sections get the old file's date), in the presets' order."""
+    from hald_tools.rehearse.__main__ import merge
+
+    def doc(date, rows):
+        summary = ["| preset | s |", "|---|---|", *(f"| {n} | {v} |" for n, v in rows)]
+        sections = [f"### {n}\n\n{'Measured ' + date + '. ' if date == 'new' else ''}body {v}\n" for n, v in rows]
+        return "\n".join(["# Rehearsal", "", f"Machine: x; {date}; command", "", "## Summary", "", *summary, "",
+                          "## Per preset", "", *sections])
+
+    a, b, c = PRESETS[0].name, PRESETS[1].name, PRESETS[2].name
+    old = doc("2026-12-02", [(a, 1), (b, 2), (c, 3)]).replace("new", "")
+    out = merge(old, doc("new", [(b, 20)]))
+    assert f"| {b} | 20 |" in out and f"| {b} | 2 |" not in out and "body 20" in out and "body 2\n" not in out
+    assert out.index(f"| {a} | 1 |") < out.index(f"| {b} | 20 |") < out.index(f"| {c} | 3 |")
+    assert out.count("Measured 2026-12-02 (an earlier `make rehearse`).") == 2 and "body 1" in out

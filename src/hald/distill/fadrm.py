@@ -39,12 +39,11 @@ from hald.distill.augment import jitter_batch
 from hald.distill.bn_matching import BNStatistics
 from hald.distill.pixels import to_uint8, valid_range
 from hald.distill.rded import rded_images, rded_work, resolve_factor
-from hald.distill.recover import (RecoverJob, RecoverSettings, progress_bar, committee_schedule, launch_units,
-                                  promote_units, recover_real_images, resolve_jitter, unit_name, write_unit)
+from hald.distill.recover import (RecoverJob, RecoverSettings, UnitStep, committee_schedule, ends, launch_units,
+                                  promote_units, recover_real_images, resolve_jitter, run_units)
 from hald.distill.registry import Cost, Work, register
-from hald.distill.runtime import intra_op_threads, load_pool_teacher, make_fabric
+from hald.distill.runtime import load_pool_teacher, make_fabric
 from hald.errors import ConfigError
-from hald.seeding import seed_of
 from hald.units import UnitStore
 
 log = logging.getLogger(__name__)
@@ -179,39 +178,22 @@ def fadrm_unit(teachers: Sequence[nn.Module], p0: torch.Tensor, targets: torch.T
 
 # -- the ranks ------------------------------------------------------------------------------------------------
 def run_rank(fabric, job: RecoverJob) -> None:
-    """recover.run_rank with fadrm_unit: IPC indices i with i mod world size = rank; finished units skipped."""
-    store = UnitStore(job.work_dir)
-    todo = [(i, k) for i, k in job.units()
-            if i % fabric.world_size == fabric.global_rank and not store.is_done(unit_name(i, k))]
-    teachers = list(job.teachers)
-    s, names = job.settings, [t.name for t in teachers]
-    nets = [load_pool_teacher(t, job.dataset, fabric.device) for t in teachers] \
-        if any(job.runs(i, k) for i, k in todo) else []
-    threads = job.cpu_threads if fabric.device.type == "cpu" else None
-    with intra_op_threads(threads), progress_bar(job.progress and fabric.global_rank == 0) as bar:
-        task = bar.add_task("fadrm", total=len(todo) * s.iterations, losses="")
-        for n, (i, k) in enumerate(todo):
-            cls, unit_seed = job.classes(k), seed_of(job.seed, i, k)
-            bar.update(task, description=f"fadrm ipc {i} chunk {k} [{'/'.join(names)}]")
+    """FADRM's units through recover's loop: every unit's teachers take turns (fadrm_unit)."""
+    names, nets = [t.name for t in job.teachers], []
 
-            def on_log(t: int, vals: dict[str, float]) -> None:
-                bar.update(task, completed=n * s.iterations + t + 1,
-                           losses=f"{names[vals['teacher']]} ce {vals['ce']:.3f}  bn {vals['bn']:.3f}")
+    def load(i: int) -> None:  # every unit's teachers: loaded once, for the first unit that runs
+        if not nets:
+            nets.extend(load_pool_teacher(t, job.dataset, fabric.device) for t in job.teachers)
 
-            with torch.random.fork_rng(devices=[]):  # units are independent of each other and of the order
-                torch.manual_seed(unit_seed)
-                p0 = job.x0(i, k, fabric.device)
-                if not job.runs(i, k):  # beyond distill.units_run: the init is the unit's image, as recorded
-                    write_unit(store, i, k, to_pixels(p0, job.dataset, s.rounding), cls, {
-                        "rank": fabric.global_rank, "seed": unit_seed, "teachers": [], "iterations": 0,
-                        "first": None, "last": None})
-                    continue
-                x, hist = fadrm_unit(nets, p0, torch.tensor(cls, device=fabric.device), job.dataset, s, on_log)
-            write_unit(store, i, k, to_pixels(x, job.dataset, s.rounding), cls, {
-                "rank": fabric.global_rank, "seed": unit_seed, "teachers": names, "iterations": s.iterations,
-                "first": {key: hist[key][0] for key in ("teacher", "ce", "bn", "loss")},
-                "last": {key: hist[key][-1] for key in ("teacher", "ce", "bn", "loss")}})
-    fabric.barrier()
+    def optimise(i, k, x0, targets, on_log):
+        x, hist = fadrm_unit(nets, x0, targets, job.dataset, job.settings, on_log)
+        return x, {"teachers": names, "iterations": job.settings.iterations,
+                   **ends(hist, ("teacher", "ce", "bn", "loss"))}
+
+    run_units(fabric, job, UnitStep(
+        "fadrm", lambda i, k: f"fadrm ipc {i} chunk {k} [{'/'.join(names)}]",
+        lambda v: f"{names[v['teacher']]} ce {v['ce']:.3f}  bn {v['bn']:.3f}", optimise,
+        lambda x: to_pixels(x, job.dataset, job.settings.rounding), {"teachers": []}, load))
 
 
 # -- the record -----------------------------------------------------------------------------------------------

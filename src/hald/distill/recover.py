@@ -172,46 +172,80 @@ def progress_bar(enabled: bool) -> Progress:
                     disable=not enabled)
 
 
-def run_rank(fabric, job: RecoverJob) -> None:
-    """This rank's share of the units: IPC indices i with i mod world size = rank; finished ones skipped."""
+@dataclass
+class UnitStep:
+    """What a recover-style method does inside the shared unit loop (`run_units`): recover and FADRM differ
+    only here."""
+    label: str                                                 # the progress bar's name ("recover", "fadrm")
+    describe: Callable[[int, int], str]                        # unit (i, k) -> the bar's description
+    losses: Callable[[dict], str]                              # on_log's values -> the bar's loss text
+    optimise: Callable[..., tuple[torch.Tensor, dict]]         # (i, k, x0, targets, on_log) -> (x, record)
+    pixels: Callable[[torch.Tensor], torch.Tensor]             # optimised floats -> the stored uint8
+    skipped: dict                                              # record fields of a unit beyond units_run
+    prepare: Callable[[int], None]                             # load IPC index i's teachers (before the unit's
+                                                               # seed: building a model draws random weights)
+
+
+def run_units(fabric, job: RecoverJob, step: UnitStep) -> None:
+    """This rank's share of the units: IPC indices i with i mod world size = rank; finished ones skipped. Each
+    unit is seeded by (seed, i, k) inside a forked RNG, so units are independent of each other and of order."""
     store = UnitStore(job.work_dir)
     todo = [(i, k) for i, k in job.units()
             if i % fabric.world_size == fabric.global_rank and not store.is_done(unit_name(i, k))]
-    nets: dict[int, nn.Module] = {}
     s = job.settings
     threads = job.cpu_threads if fabric.device.type == "cpu" else None
     with intra_op_threads(threads), progress_bar(job.progress and fabric.global_rank == 0) as bar:
-        task = bar.add_task("recover", total=len(todo) * s.iterations, losses="")
+        task = bar.add_task(step.label, total=len(todo) * s.iterations, losses="")
         for n, (i, k) in enumerate(todo):
-            members, weights = job.schedule.members(i), job.schedule.weights(i)
-            for m in members if job.runs(i, k) else ():
-                if m not in nets:
-                    nets[m] = load_pool_teacher(job.teachers[m], job.dataset, fabric.device)
-            cls = job.classes(k)
-            unit_seed = seed_of(job.seed, i, k)
-            voters = "+".join(job.teachers[m].name for m in members)
-            bar.update(task, description=f"recover ipc {i} chunk {k} [{voters}]")
+            cls, unit_seed = job.classes(k), seed_of(job.seed, i, k)
+            bar.update(task, description=step.describe(i, k))
+            if job.runs(i, k):
+                step.prepare(i)
 
-            def on_log(t: int, vals: dict[str, float]) -> None:
-                bar.update(task, completed=n * s.iterations + t + 1,
-                           losses=f"ce {vals['ce']:.3f}  bn {vals['bn']:.3f}  loss {vals['loss']:.3f}")
+            def on_log(t: int, vals: dict[str, float], n: int = n) -> None:
+                bar.update(task, completed=n * s.iterations + t + 1, losses=step.losses(vals))
 
-            with torch.random.fork_rng(devices=[]):  # units are independent of each other and of the order
+            with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(unit_seed)
                 x0 = job.x0(i, k, fabric.device)
-                if not job.runs(i, k):  # beyond distill.units_run: the init is the unit's image, as recorded
-                    write_unit(store, i, k, to_uint8(x0, job.dataset), cls, {
-                        "rank": fabric.global_rank, "seed": unit_seed, "members": [], "weights": [],
-                        "iterations": 0, "first": None, "last": None})
-                    continue
-                x, hist = recover_unit([nets[m] for m in members], weights.to(fabric.device), x0,
-                                       torch.tensor(cls, device=fabric.device), job.dataset, s, on_log)
-            write_unit(store, i, k, to_uint8(x, job.dataset), cls, {
-                "rank": fabric.global_rank, "seed": unit_seed, "members": [job.teachers[m].name for m in members],
-                "weights": [round(float(w), 6) for w in weights], "iterations": s.iterations,
-                "first": {key: hist[key][0] for key in ("ce", "bn", "loss")},
-                "last": {key: hist[key][-1] for key in ("ce", "bn", "loss")}})
+                if job.runs(i, k):
+                    x, record = step.optimise(i, k, x0, torch.tensor(cls, device=fabric.device), on_log)
+                else:  # beyond distill.units_run: the init is the unit's image, as recorded
+                    x, record = x0, {**step.skipped, "iterations": 0, "first": None, "last": None}
+            write_unit(store, i, k, step.pixels(x), cls,
+                       {"rank": fabric.global_rank, "seed": unit_seed, **record})
     fabric.barrier()
+
+
+def ends(hist: Mapping[str, list], keys: Sequence[str]) -> dict[str, dict]:
+    """A unit record's first and last logged values of `keys`."""
+    return {"first": {key: hist[key][0] for key in keys}, "last": {key: hist[key][-1] for key in keys}}
+
+
+def run_rank(fabric, job: RecoverJob) -> None:
+    """Recover's units: the IPC index's committee (loaded on first use) votes with its weights."""
+    nets: dict[int, nn.Module] = {}
+
+    def voters(i: int) -> list[int]:
+        return job.schedule.members(i)
+
+    def load(i: int) -> None:
+        for m in voters(i):
+            if m not in nets:
+                nets[m] = load_pool_teacher(job.teachers[m], job.dataset, fabric.device)
+
+    def optimise(i, k, x0, targets, on_log):
+        members, weights = voters(i), job.schedule.weights(i)
+        x, hist = recover_unit([nets[m] for m in members], weights.to(fabric.device), x0, targets, job.dataset,
+                               job.settings, on_log)
+        return x, {"members": [job.teachers[m].name for m in members],
+                   "weights": [round(float(w), 6) for w in weights], "iterations": job.settings.iterations,
+                   **ends(hist, ("ce", "bn", "loss"))}
+
+    run_units(fabric, job, UnitStep(
+        "recover", lambda i, k: f"recover ipc {i} chunk {k} [{'+'.join(job.teachers[m].name for m in voters(i))}]",
+        lambda v: f"ce {v['ce']:.3f}  bn {v['bn']:.3f}  loss {v['loss']:.3f}", optimise,
+        lambda x: to_uint8(x, job.dataset), {"members": [], "weights": []}, load))
 
 
 def launch_units(run: Callable, job: RecoverJob, store: UnitStore, trainer_kwargs: Mapping[str, Any] | None,

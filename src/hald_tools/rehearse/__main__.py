@@ -182,10 +182,10 @@ def fmt(v: Any) -> str:
 
 
 def preset_section(p: Preset, row: dict[str, Any], costs: list[dict[str, Any]], store: tuple[int, int, int],
-                   gpu_tflops: float) -> str:
+                   gpu_tflops: float, start: dict[str, str]) -> str:
     res = row["results"]
     shards, reserve, sli = store
-    head = [f"### {p.name}", "",
+    head = [f"### {p.name}", "", f"Measured {start['date']} (load average at the rehearsal's start {start['load']}).",
             f"`python src/run.py {' '.join(row['overrides']).replace(str(ROOT) + '/', '')}`: rc 0, "
             f"{row['wall_s']:.0f} s, peak memory {row['peak_rss_gb']:.2f} GB (max RSS).",
             f"Label store, rehearsal: {res['label_bytes']:,} B (SLC {res['slc']}, SLI {res['sli']}, "
@@ -193,7 +193,7 @@ def preset_section(p: Preset, row: dict[str, Any], costs: list[dict[str, Any]], 
             + (f" + a manifest of at most {reserve:,} B." if reserve else " and its manifest (a few KB)."), ""]
     head += [f"Note: {n}." for n in p.notes] + ([""] if p.notes else [])
     cols = ["stage", "rehearsal", "unit", "units", "s", "s/unit", "full units", "full here h",
-            f"full GPU h", "how", "parts"]
+            "full GPU h", "how", "parts"]
     lines = ["| " + " | ".join(c if c != "full GPU h" else f"full GPU h @ {gpu_tflops:g} TFLOP/s" for c in cols)
              + " |", "|" + "---|" * len(cols)]
     for c in costs:
@@ -208,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=ROOT / "experiments" / "rehearse.md")
     ap.add_argument("--gpu-tflops", type=float, default=20.0,
                     help="sustained FLOP rate assumed for one GPU (fp32 presets, TF32 convolutions)")
+    ap.add_argument("--merge", action="store_true",
+                    help="with --only: replace these presets' rows and sections in --out, keep the others' "
+                         "(each section says when it was measured)")
     ap.add_argument("--tables-only", action="store_true",
                     help="rebuild the tables from the last rehearsal's runs under --work (nothing is run)")
     args = ap.parse_args(argv)
@@ -245,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                   flush=True)
             continue
         costs, store = cost_rows(p, row, rates, args.gpu_tflops), store_bytes_full(p)
-        sections.append(preset_section(p, row, costs, store, args.gpu_tflops))
+        sections.append(preset_section(p, row, costs, store, args.gpu_tflops, start))
         print(sections[-1], flush=True)
         shards = store[0]
         summary.append({"preset": p.name,
@@ -263,9 +266,13 @@ def main(argv: list[str] | None = None) -> int:
     table += ["| " + " | ".join(fmt(v) for v in s.values()) + " |" for s in summary]
     text = "\n".join(["# Rehearsal at the real shapes", "", header, "", HOW, "", "## Summary", "", *table, "",
                       "## Per preset", "", *sections])
-    if not names:  # a partial run does not overwrite the committed table
+    if args.merge and args.out.is_file():
+        text = merge(args.out.read_text(), text)
+    if not names or args.merge:  # a partial run does not overwrite the committed table unless asked
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+        tmp = args.out.with_suffix(".md.tmp")
+        tmp.write_text(text)
+        tmp.replace(args.out)
         print(f"written {args.out}")
     else:
         (args.work / "rehearse.md").write_text(text)
@@ -275,6 +282,39 @@ def main(argv: list[str] | None = None) -> int:
         print(f"rehearse: {len(failed)} preset(s) failed: {', '.join(failed)}", flush=True)
         return 1
     return 0
+
+
+def _parts(text: str) -> tuple[str, dict[str, str], dict[str, str]]:
+    """A rehearse.md -> (its header line, summary rows by preset, per-preset sections by preset)."""
+    header = next((ln for ln in text.splitlines() if ln.startswith("Machine:")), "")
+    summary = text.split("## Summary", 1)[1].split("## Per preset", 1)[0] if "## Summary" in text else ""
+    rows = {ln.split("|")[1].strip(): ln for ln in summary.splitlines()[3:] if ln.startswith("| ")}
+    body = text.split("## Per preset", 1)[1] if "## Per preset" in text else ""
+    sections = {}
+    for chunk in body.split("\n### ")[1:]:
+        name = chunk.split("\n", 1)[0].strip()
+        sections[name] = "### " + chunk.rstrip() + "\n"
+    return header, rows, sections
+
+
+def merge(old: str, new: str) -> str:
+    """`--only ... --merge`: the new run's presets replace theirs, the others stay as measured before (a
+    section from before this rule gets the old file's date)."""
+    old_header, old_rows, old_sections = _parts(old)
+    new_header, new_rows, new_sections = _parts(new)
+    old_date = re.search(r"; (\d{4}-\d{2}-\d{2});", old_header)
+    for name, sec in old_sections.items():
+        if "\nMeasured " not in sec and old_date:
+            head, rest = sec.split("\n", 1)
+            old_sections[name] = f"{head}\n\nMeasured {old_date.group(1)} (an earlier `make rehearse`).{rest}"
+    rows, sections = {**old_rows, **new_rows}, {**old_sections, **new_sections}
+    order = [p.name for p in PRESETS if p.name in rows]
+    columns = new.split("## Summary", 1)[1].split("## Per preset", 1)[0].strip().splitlines()[:2]
+    header = (new_header.rstrip(".") + f"; merged (--merge) with the earlier rehearsal's other presets "
+              f"({old_header.split('; ')[1] if '; ' in old_header else 'date unknown'}): each section says when "
+              f"it was measured.")
+    return "\n".join(["# Rehearsal at the real shapes", "", header, "", HOW, "", "## Summary", "", *columns,
+                      *(rows[n] for n in order), "", "## Per preset", "", *(sections[n] for n in order if n in sections)])
 
 
 HOW = """What is shrunk (counts only; hald/rehearse/presets.py): ipc 1, soft-label passes (IN-1K 1, the others 2),

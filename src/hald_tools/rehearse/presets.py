@@ -112,5 +112,7 @@ PRESETS = [
     Preset("cim_tiny_ipc50", "tiny", CIM),
     Preset("cim_in1k_ipc10", "in1k", (*CIM, NO_PROBE), notes=(PROBE_NOTE,)),
     Preset("cim_in1k_ipc50", "in1k", (*CIM, NO_PROBE), notes=(PROBE_NOTE,)),
+    Preset("lpqld_in1k_ipc10", "in1k", (NO_PROBE,), published=True, notes=(PROBE_NOTE,)),
+    Preset("lpqld_in1k_ipc50", "in1k", (NO_PROBE,), published=True, notes=(PROBE_NOTE,)),
 ]
 BY_NAME = {p.name: p for p in PRESETS}
