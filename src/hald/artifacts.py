@@ -6,8 +6,10 @@ never leaves a half-written artifact where a reader would find it.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import logging
 import os
 import shutil
 import socket
@@ -199,6 +201,31 @@ def remove_stale(parent: Path, name: str) -> None:
             shutil.rmtree(d, ignore_errors=True)
         except (ValueError, PermissionError):
             continue
+
+
+@contextmanager
+def exclusive(final: Path, what: str) -> Iterator[None]:
+    """One builder per artifact, across processes, users and hosts: a POSIX lock (fcntl.lockf, which NFS
+    serves through its lock manager) on `.<key>.lock` next to the artifact. The kernel releases it when the
+    holder exits, however it dies, so a killed run never blocks the next. A second builder says once that it
+    waits, and for whom. The lock file stays (deleting it would let a third process lock a stale inode)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    path = final.parent / f".{final.name}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_umask())
+    try:
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:  # EAGAIN / EACCES: held by another process
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
+            logging.getLogger("hald").info("%s: %s is building %s; waiting for it, then reusing it", what,
+                                           holder, final)
+            fcntl.lockf(fd, fcntl.LOCK_EX)
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{owner()} (pid {os.getpid()} on {socket.gethostname()})".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 @contextmanager

@@ -69,6 +69,19 @@ def cached(ctx: Context, stage: str, key: str, config: Any, upstream: dict[str, 
         log.info("%s: reused %s", stage, path)
         return Artifact(stage, key, path, artifacts.read_manifest(path), reused=True)
     artifacts.check_writable(path.parent)
+    # Builders of one key exclude each other (two runs of a sweep, two people on a lab cache): rank 0 holds the
+    # lock, decides again under it (the other run may have finished it meanwhile) and builds.
+    with artifacts.exclusive(path, stage) if dist.rank() == 0 else contextlib.nullcontext():
+        problem = dist.broadcast(artifacts.problem(path) if dist.rank() == 0 else None)
+        if problem is None:
+            log.info("%s: reused %s (built by another run meanwhile)", stage, path)
+            return Artifact(stage, key, path, artifacts.read_manifest(path), reused=True)
+        return _build(ctx, stage, key, config, upstream, build, collective, path, problem, t0)
+
+
+def _build(ctx: Context, stage: str, key: str, config: Any, upstream: dict[str, str],
+           build: Callable[[Path], dict[str, Any]], collective: bool, path: Path, problem: str,
+           t0: float) -> Artifact:
     if problem != "absent":  # never trust a cached artifact that fails its check: set it aside and rebuild
         log.warning("%s: cached %s failed its check, rebuilding: %s", stage, path, problem.split("; fix:")[0])
         if dist.rank() == 0:
