@@ -151,6 +151,7 @@ class TrainConfig:
     eval_batch_size: int = 500
     checkpoint_every: int = 1
     resume: bool = False
+    resume_across: List[str] = field(default_factory=list)
     num_workers: int = 0
     images_on_device: Any = "auto"
     images_on_device_max_gb: float = 4.0

@@ -144,7 +144,8 @@ def wandb_run(run_dir: Path) -> dict:
 def test_a_wandb_run_has_its_name_config_summary_and_lineage_and_resume_continues_it(tmp_path):
     args = [*CLI, "logger=many", "train.epochs=4", "label_budget=5KB", *where(tmp_path)]
     cli(args, env={"WANDB_MODE": "offline"})
-    cli([*args[:-1], "train.epochs=6", "train.resume=true", args[-1]], env={"WANDB_MODE": "offline"})
+    cli([*args[:-1], "train.epochs=6", "train.resume=true", "train.resume_across=[train.epochs]", args[-1]],
+        env={"WANDB_MODE": "offline"})
     first, second = sorted((tmp_path / "run" / "wandb").glob("offline-run-*"))
     a, b = wandb_run(first), wandb_run(second)
     assert a["id"] == b["id"] and a["name"] == b["name"]  # one W&B run, continued

@@ -24,7 +24,7 @@ from hald.pipeline.preflight import adopt_store, preflight
 from hald.pipeline.priors import stage_priors
 from hald.pipeline.stages import (Made, distill_teachers, images_and_labels, needs_priors, needs_teacher,
                                   stage_squeeze)
-from hald.pipeline.student import stage_train
+from hald.pipeline.student import check_resume_config, stage_train
 from hald.pipeline.tracking import log_run_end
 
 
@@ -33,9 +33,10 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
     load_plugins(cfg.get("plugins"))  # a user's own methods, codecs, datasets, phases, losses
     checked = preflight(cfg)  # every input checked, nothing built, nothing changed
     cfg = adopt_store(cfg, checked.store)  # a passed-in store's label settings: its manifest is the truth
+    out_dir = out_dir or output_dir(cfg)
+    check_resume_config(cfg, out_dir)  # train.resume=true continues only the same run
     if dist.wants_ddp(cfg.trainer):  # every stage in the DDP world: ranks > 0 re-run this script (dist.py)
         dist.launch(cfg.trainer)
-    out_dir = out_dir or output_dir(cfg)
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx = Context(cfg, Path(cfg.paths.cache_dir).expanduser().resolve())
     teachers = stage_squeeze(ctx) if needs_teacher(cfg) else []

@@ -24,6 +24,7 @@ from hald.pipeline.tracking import build_loggers, log_run_start
 from hald.train.callbacks import PhaseScheduler, analysis_callbacks, analysis_results
 from hald.train.export import export_student
 from hald.train.hyper import paper_lr_eta
+from hald.train.identity import check_resume, run_identity, saved_identity
 from hald.train.resume import FiniteLoss, LastCheckpoint, RunState, StepSeed, usable_checkpoint
 from hald.train.schedule import Schedule, make_schedule
 
@@ -58,6 +59,7 @@ class TrainResult:
     ipc: int
     store: str
     analyses: dict[str, list[dict]] = field(default_factory=dict)  # probe histories (consistency, grad_sim)
+    resumed: dict[str, Any] | None = None  # from which epoch, across which accepted changes (train.resume)
 
     def summary(self) -> dict[str, Any]:
         """The results.json fields of the training (the probes' histories at the top level)."""
@@ -72,6 +74,24 @@ def build_schedule(cfg: DictConfig, passes: int) -> Schedule:
     segments = OmegaConf.to_container(s.segments, resolve=True) if s.get("segments") else None
     return make_schedule(s.preset, int(cfg.train.epochs), float(s.soft_fraction), int(s.block or passes),
                          s.get("pool", "run"), segments)
+
+
+def last_checkpoint(out_dir: Path) -> Path:
+    return Path(out_dir) / "checkpoints" / "last.ckpt"
+
+
+def check_resume_config(cfg: DictConfig, out_dir: Path) -> None:
+    """Pre-flight for train.resume=true: the run dir's checkpoint must be of this run's config (up to
+    train.resume_across), before any stage builds anything. An unreadable checkpoint is left to
+    `usable_checkpoint`, which sets it aside when training starts."""
+    ckpt = last_checkpoint(out_dir)
+    if not cfg.train.resume or not ckpt.is_file():
+        return
+    try:
+        saved = saved_identity(ckpt)
+    except Exception:  # noqa: BLE001  (truncated, not a checkpoint: handled at training start)
+        return
+    check_resume(saved, run_identity(cfg), "config", list(cfg.train.resume_across), ckpt)
 
 
 def stage_train(ctx: Context, images: DistilledImages, store_path: Path, out_dir: Path,
@@ -92,15 +112,25 @@ def stage_train(ctx: Context, images: DistilledImages, store_path: Path, out_dir
                                              eval_source=eval_source or build_source(ds, "test"))
     module = instantiate(cfg.student.module)(net=net, num_classes=int(ds.num_classes), schedule=schedule,
                                              phases=dm.phases, lr=lr, eta=eta)
-    last_ckpt = out_dir / "checkpoints" / "last.ckpt"
+    last_ckpt = last_checkpoint(out_dir)
     resume, done_epoch = usable_checkpoint(last_ckpt) if cfg.train.resume else (None, None)
+    # What this training is: its config and the content of its images and labels (train/identity.py).
+    identity = run_identity(cfg, {"images": images.sha256, "labels": str(store.manifest.get("manifest_sha256",
+                                                                                             store_path.name))})
+    resumed = None
+    if resume is not None:
+        saved = saved_identity(Path(resume))
+        across = list(cfg.train.resume_across)
+        accepted = {**check_resume(saved, identity, "config", across, last_ckpt),
+                    **check_resume(saved, identity, "artifacts", across, last_ckpt)}
+        resumed = {"from_epoch": done_epoch, "across": {k: list(v) for k, v in accepted.items()}}
     loggers = build_loggers(cfg, out_dir, resuming=resume is not None, done_epoch=done_epoch)
     log_run_start(loggers, cfg, out_dir, {**(lineage or {}), "labels": store_path.name})
     probes = analysis_callbacks(cfg, images, dm.phases, schedule)  # crop consistency, gradient similarity
     callbacks = [PhaseScheduler(schedule, cfg.optimizer.on_phase_switch, int(cfg.train.eval_every),
                                 bool(cfg.train.eval_phase_ends)),
                  LastCheckpoint(last_ckpt, int(cfg.train.checkpoint_every)),  # atomic, every N epochs and the last
-                 StepSeed(int(cfg.seed)), RunState(), FiniteLoss(), *probes,
+                 StepSeed(int(cfg.seed)), RunState(identity), FiniteLoss(), *probes,
                  *progress_callbacks(bool(cfg.trainer.get("enable_progress_bar", True)), "student")] + (
         [L.pytorch.callbacks.LearningRateMonitor("epoch")] if loggers else [])
     trainer = L.Trainer(max_epochs=schedule.total_epochs, reload_dataloaders_every_n_epochs=1,
@@ -118,8 +148,9 @@ def stage_train(ctx: Context, images: DistilledImages, store_path: Path, out_dir
             lg.log_image("distill/images", [str(preview)])
     t0 = time.time()
     if cfg.train.resume:
-        log.info("train: %s", f"resuming from {last_ckpt}" if resume else
-                 "train.resume=true but no checkpoint yet: starting from epoch 0")
+        log.info("train: %s", (f"resuming from {last_ckpt} (epoch {done_epoch} done"
+                               + (f"; across {', '.join(resumed['across'])}" if resumed["across"] else "") + ")")
+                 if resume else "train.resume=true but no checkpoint yet: starting from epoch 0")
     trainer.fit(module, datamodule=dm, ckpt_path=resume)
     ctx.timings["train"] = time.time() - t0
     t0 = time.time()
@@ -135,4 +166,4 @@ def stage_train(ctx: Context, images: DistilledImages, store_path: Path, out_dir
         phase_audit={e: sorted(p) for e, p in sorted(module.epoch_paths.items())}, lr=lr, eta=eta,
         label_bytes=label_bytes, slc=store.manifest["slc"], sli=store.passes, codec=store.codec.describe(),
         label_budget=store.manifest.get("label_budget"), ipc=images.ipc, store=str(store_path),
-        analyses=analysis_results(probes))
+        analyses=analysis_results(probes), resumed=resumed)

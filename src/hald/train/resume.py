@@ -26,9 +26,9 @@ from lightning.pytorch.callbacks import Checkpoint
 from hald.artifacts import naming
 from hald.errors import DivergedError
 from hald.seeding import seed_of
+from hald.train.identity import STATE_KEY
 
 log = logging.getLogger(__name__)
-STATE_KEY = "hald_run_state"
 
 
 def epoch_to_run(trainer: L.Trainer | None) -> int:
@@ -119,8 +119,12 @@ def usable_checkpoint(path: Path | str) -> tuple[str | None, int | None]:
 
 
 class RunState(L.Callback):
-    """Saves and restores `eval_log`, `epoch_paths` and `val_best` of the module (plain types only: the
-    checkpoint loads with torch's weights_only=True)."""
+    """Saves and restores `eval_log`, `epoch_paths` and `val_best` of the module, and saves the run's identity
+    (train/identity.py: what this is a checkpoint of). Plain types only: the checkpoint loads with torch's
+    weights_only=True."""
+
+    def __init__(self, identity: dict[str, Any] | None = None):
+        self.identity = identity
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         best = pl_module.val_best.compute() if pl_module.eval_log else None
@@ -128,6 +132,7 @@ class RunState(L.Callback):
             "eval_log": [dict(e) for e in pl_module.eval_log],
             "epoch_paths": {int(e): sorted(p) for e, p in pl_module.epoch_paths.items()},
             "val_best": None if best is None else float(best),
+            "identity": self.identity,
         }
         log.debug("checkpoint after epoch %d", trainer.current_epoch)
 
