@@ -133,3 +133,59 @@ def test_cli_unknown_key_is_refused_by_hydra(tmp_path):
     r = subprocess.run([sys.executable, "src/run.py", "colour=blue", f"hydra.run.dir={tmp_path}/run"], cwd=ROOT,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode != 0 and "Could not override 'colour'" in r.stderr
+
+
+class _RunsCode:
+    """A pickle whose loading would run code (the classic malicious checkpoint): it touches a marker file."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+@pytest.mark.parametrize("name, content, words", [
+    ("garbage.pt", b"\x00\x13\x37" * 50, "not a readable torch checkpoint"),
+    ("notes.ckpt", b"this is a text file, not weights\n", "not a"),
+    ("empty.pt", b"", "is empty (0 bytes)"),
+    ("garbage.safetensors", b"\x00\x13\x37" * 50, "not a readable safetensors file"),
+    ("empty.safetensors", b"", "is empty (0 bytes)"),
+])
+def test_a_teacher_checkpoint_that_is_not_one_is_refused_in_one_line(fast_cfg, tmp_path, name, content, words):
+    ck = tmp_path / name
+    ck.write_bytes(content)
+    cfg = fast_cfg(f"teacher.checkpoints=[{ck}]")
+    with pytest.raises(ConfigError) as e:
+        pipeline.run(cfg)
+    assert words in one_line(e.value) and str(ck) in str(e.value)
+    assert not (pipeline.Path(cfg.paths.cache_dir) / "squeeze").exists()
+
+
+def test_a_pickled_teacher_checkpoint_never_runs_its_code(fast_cfg, tmp_path):
+    """A state dict with a pickled object beside its tensors: torch.load(weights_only=False) would run it."""
+    from hald.models import build_backbone
+
+    marker, ck = tmp_path / "pwned", tmp_path / "teacher.pt"
+    torch.save({"state_dict": build_backbone("convnet_w32", 10, 1, 28).state_dict(), "extra": _RunsCode(marker)}, ck)
+    cfg = fast_cfg(f"teacher.checkpoints=[{ck}]")
+    with pytest.raises(ConfigError) as e:
+        pipeline.run(cfg)
+    msg = one_line(e.value)
+    assert "pickled Python objects" in msg and "save_file" in msg and f"{ck}.safetensors" in msg
+    assert not marker.exists()  # the file's code did not run
+
+
+def test_a_plain_torch_state_dict_and_a_lightning_ckpt_are_read(tmp_path):
+    from hald.models import build_backbone
+    from hald.models.build import read_state
+
+    net = build_backbone("convnet_w32", 10, 1, 28)
+    torch.save(net.state_dict(), tmp_path / "a.pt")
+    torch.save({"state_dict": {f"model.{k}": v for k, v in net.state_dict().items()}, "epoch": 3}, tmp_path / "b.ckpt")
+    for f in ("a.pt", "b.ckpt"):
+        state = read_state(tmp_path / f)
+        assert state.keys() == net.state_dict().keys() and all(torch.equal(state[k], v)
+                                                               for k, v in net.state_dict().items())

@@ -1,6 +1,8 @@
 """Build a backbone by name and move weights in and out of artifact directories."""
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -41,17 +43,54 @@ def save_weights(model: nn.Module, path: Path) -> None:
         save_file(state, str(tmp))
 
 
+CONVERT = ("python -c \"import torch; from safetensors.torch import save_file; o = torch.load('{p}', "
+           "weights_only=False); s = o.get('state_dict', o); save_file({{k.removeprefix('model.'): v.contiguous() "
+           "for k, v in s.items()}}, '{p}.safetensors')\" (only for a file you trust), then pass {p}.safetensors")
+
+
+def read_state(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a checkpoint a user passed in, never executing code from it: safetensors, or a torch file
+    (a state dict, or a Lightning .ckpt whose state_dict has a 'model.' prefix) loaded with weights_only=True.
+    Anything else stops with one line saying what the file is and how to convert it."""
+    from hald.errors import ConfigError
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"teacher checkpoint '{path}' does not exist; fix: pass an existing file")
+    if path.stat().st_size == 0:
+        raise ConfigError(f"teacher checkpoint '{path}' is empty (0 bytes); fix: pass the complete file")
+    if path.suffix == ".safetensors":
+        try:
+            return load_file(str(path))
+        except Exception as e:  # noqa: BLE001  (SafetensorError, OSError: a damaged or foreign file)
+            raise ConfigError(f"teacher checkpoint '{path}' is not a readable safetensors file "
+                              f"({' '.join(str(e).split())[:100]}); fix: pass the teacher.safetensors squeeze wrote, "
+                              f"or a torch state dict") from None
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        found = re.search(r"GLOBAL (\S+)", str(e))  # torch's weights-only unpickler met a class or function
+        if found:
+            raise ConfigError(f"teacher checkpoint '{path}' holds pickled Python objects beside its tensors "
+                              f"({found.group(1)}), which torch can only load by running code from the file "
+                              f"(refused); fix: convert it once: " + CONVERT.format(p=path)) from None
+        raise ConfigError(f"teacher checkpoint '{path}' is not a readable torch checkpoint (not a pickle torch "
+                          f"reads); fix: pass a safetensors file or a torch state dict") from None
+    except Exception as e:  # noqa: BLE001  (EOFError, RuntimeError from zip: text, garbage, truncated)
+        raise ConfigError(f"teacher checkpoint '{path}' is not a readable torch checkpoint ({type(e).__name__}: "
+                          f"{' '.join(str(e).split())[:80]}); fix: pass a safetensors file or a torch state "
+                          f"dict (a truncated copy: copy it again)") from None
+    state = obj.get("state_dict", obj) if isinstance(obj, dict) else None
+    if not isinstance(state, dict) or not any(isinstance(v, torch.Tensor) for v in state.values()):
+        raise ConfigError(f"teacher checkpoint '{path}' holds no tensors by name ({type(obj).__name__}); fix: pass "
+                          f"a state dict (model.state_dict()), a Lightning .ckpt or a safetensors file")
+    return {k.removeprefix("model."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+
+
 def load_weights(model: nn.Module, path: Path) -> nn.Module:
     """Load a safetensors file, a Lightning .ckpt (state_dict with a 'model.' prefix) or a plain state dict."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"teacher checkpoint '{path}' does not exist; fix: pass an existing file")
-    if path.suffix == ".safetensors":
-        state = load_file(str(path))
-    else:
-        obj = torch.load(path, map_location="cpu", weights_only=False)
-        state = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
-        state = {k.removeprefix("model."): v for k, v in state.items()}
+    state = read_state(path)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(f"checkpoint '{path}' does not fit the backbone: missing {list(missing)[:4]}, "
@@ -103,14 +142,16 @@ def check_finite(model: nn.Module, what: str) -> None:
 def checkpoint_shapes(path: Path) -> dict[str, tuple[int, ...]]:
     """Tensor shapes of a checkpoint without loading its data where the format allows (safetensors)."""
     path = Path(path)
-    if path.suffix == ".safetensors":
+    if path.suffix == ".safetensors" and path.is_file() and path.stat().st_size > 0:
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as f:
+        try:
+            f = safe_open(str(path), framework="pt")
+        except Exception:  # noqa: BLE001  (not safetensors: read_state says so in one line)
+            return {k: tuple(v.shape) for k, v in read_state(path).items()}
+        with f:
             return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-    obj = torch.load(path, map_location="cpu", weights_only=False)
-    state = obj.get("state_dict", obj) if isinstance(obj, dict) else obj
-    return {k.removeprefix("model."): tuple(v.shape) for k, v in state.items() if hasattr(v, "shape")}
+    return {k: tuple(v.shape) for k, v in read_state(path).items()}
 
 
 def check_checkpoint(name: str, path: Path, dataset: Any, where: str = "teacher") -> None:

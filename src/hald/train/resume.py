@@ -96,7 +96,7 @@ class LastCheckpoint(Checkpoint):
 def checkpoint_epoch(path: Path | str) -> int:
     """The last finished epoch a Lightning checkpoint holds; raises if the file is truncated or unreadable
     (memory-mapped, so only the index is read)."""
-    return int(torch.load(path, map_location="cpu", mmap=True, weights_only=False)["epoch"])
+    return int(torch.load(path, map_location="cpu", mmap=True, weights_only=True)["epoch"])
 
 
 def usable_checkpoint(path: Path | str) -> tuple[str | None, int | None]:
