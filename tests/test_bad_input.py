@@ -189,3 +189,78 @@ def test_a_plain_torch_state_dict_and_a_lightning_ckpt_are_read(tmp_path):
         state = read_state(tmp_path / f)
         assert state.keys() == net.state_dict().keys() and all(torch.equal(state[k], v)
                                                                for k, v in net.state_dict().items())
+
+
+# -- image modes and sizes of a set passed in (data/distilled.py) --------------------------------------------------
+def _one_image_set(tmp_path, make, n_classes=10, suffix=".png"):
+    """A distill=folder set whose every image is make(class) (a PIL image)."""
+    from PIL import Image  # noqa: F401
+
+    root = tmp_path / "set"
+    for c in range(n_classes):
+        (root / f"{c:05d}").mkdir(parents=True)
+        make(c).save(root / f"{c:05d}" / f"00000{suffix}")
+    return root
+
+
+def test_a_16_bit_png_is_scaled_to_8_bits_not_clipped(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    ramp = (np.arange(28 * 28).reshape(28, 28) * 83).astype(np.uint16)  # 0 .. 65,001
+    root = _one_image_set(tmp_path, lambda c: Image.fromarray(ramp))
+    assert Image.open(root / "00000" / "00000.png").mode == "I;16"
+    got = load_distilled(root, [str(c) for c in range(10)], 1, 28).images[0, 0].numpy()
+    want = np.round(ramp / 65535 * 255).astype(np.uint8)
+    assert np.abs(got.astype(int) - want).max() == 0
+    assert (got == 255).mean() < 0.01  # convert("L") made 99% of the pixels 255
+
+
+@pytest.mark.parametrize("mode, words", [("I", "32-bit integer image"), ("F", "32-bit float image")])
+def test_32_bit_images_have_no_agreed_range_and_are_refused(tmp_path, mode, words):
+    import numpy as np
+    from PIL import Image
+
+    a = np.full((28, 28), 7, dtype=np.int32 if mode == "I" else np.float32)
+    root = _one_image_set(tmp_path, lambda c: Image.fromarray(a), suffix=".tif")
+    with pytest.raises(DistilledError) as e:
+        load_distilled(root, [str(c) for c in range(10)], 1, 28)
+    assert words in one_line(e.value)
+
+
+def test_one_bit_and_palette_images_are_read_as_their_pixels(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    bits = np.zeros((28, 28), bool)
+    bits[::2] = True
+    root = _one_image_set(tmp_path, lambda c: Image.fromarray(bits))
+    got = load_distilled(root, [str(c) for c in range(10)], 1, 28).images[0, 0].numpy()
+    assert set(np.unique(got)) == {0, 255} and (got[::2] == 255).all()
+    rgb = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    pal = Image.fromarray(rgb).quantize(16)
+    root = _one_image_set(tmp_path / "p", lambda c: pal)
+    got = load_distilled(root, [str(c) for c in range(10)], 3, 32).images[0].permute(1, 2, 0).numpy()
+    assert (got == np.asarray(pal.convert("RGB"))).all()
+
+
+def test_a_one_pixel_set_is_refused_and_a_huge_one_warned_about_with_numbers(tmp_path, caplog, monkeypatch):
+    import logging
+
+    from PIL import Image
+
+    from hald.data import distilled
+
+    root = _one_image_set(tmp_path / "tiny", lambda c: Image.new("L", (1, 1), 9))
+    with pytest.raises(DistilledError) as e:
+        load_distilled(root, [str(c) for c in range(10)], 1, 28)
+    assert "is 1x1 px, the dataset's input size is 28" in one_line(e.value)
+    root = _one_image_set(tmp_path / "big", lambda c: Image.new("L", (400, 300), 9))
+    with caplog.at_level(logging.WARNING):
+        load_distilled(root, [str(c) for c in range(10)], 1, 28)
+    assert any("400x300 px, the dataset's input size is 28" in r.getMessage() and "0.00 GB decoded for 10 images"
+               in r.getMessage() for r in caplog.records)
+    monkeypatch.setattr(distilled, "_available_bytes", lambda: 2_000_000)  # 2 MB free: 1.2 MB is over half
+    with pytest.raises(DistilledError) as e:
+        load_distilled(root, [str(c) for c in range(10)], 1, 28)
+    assert "more than half of this machine's" in one_line(e.value)

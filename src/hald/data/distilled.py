@@ -74,7 +74,27 @@ def _class_dirs(root: Path, classes: list[str]) -> list[Path]:
 
 
 # PIL modes a distilled image may have, per dataset channel count (P = palette: a storage form of colour).
-_MODES = {1: {"L", "I;16", "I", "1"}, 3: {"RGB", "P", "YCbCr", "CMYK"}}
+# 16-bit grey is scaled to 8 bits (v * 255 / 65535, rounded): PIL's convert("L") clips it, turning every
+# nonzero pixel of a 16-bit PNG into 255. 32-bit integer and float images have no agreed range: refused.
+_SIXTEEN = {"I;16", "I;16B", "I;16L", "I;16N"}
+_MODES = {1: {"L", "1", "I", *_SIXTEEN}, 3: {"RGB", "P", "YCbCr", "CMYK"}}
+# Sizes: smaller than this (or the input size, if smaller) leaves nothing to crop; refused.
+MIN_SIDE = 8
+
+
+def _pixels(im: Image.Image, path: Path, channels: int) -> np.ndarray:
+    """An opened image as uint8 [H, W] or [H, W, 3], read faithfully."""
+    mode = im.mode
+    if mode in _SIXTEEN or (mode == "I" and im.format == "PNG"):  # a 16-bit PNG (older Pillow opens it as I)
+        a = np.asarray(im).astype(np.int64)
+        if a.min() < 0 or a.max() > 65535:
+            raise DistilledError(f"distilled image '{path}' has values outside 16 bits ({a.min()}..{a.max()}); fix: "
+                                 f"convert the set to 8-bit L PNGs")
+        return ((a * 255 + 32767) // 65535).astype(np.uint8)
+    if mode == "I":
+        raise DistilledError(f"distilled image '{path}' is a 32-bit integer image (I, {im.format}) with no agreed "
+                             f"range; hald reads 1-, 8- and 16-bit images; fix: convert the set to 8-bit L PNGs")
+    return np.asarray(im.convert("L" if channels == 1 else "RGB"))
 
 
 def _read(path: Path, channels: int) -> np.ndarray:
@@ -85,9 +105,11 @@ def _read(path: Path, channels: int) -> np.ndarray:
             if alpha or mode not in _MODES.get(channels, {mode}):
                 what = f"has an alpha channel ({mode})" if alpha else f"is {mode}"
                 want = "L" if channels == 1 else "RGB"
+                if mode == "F":
+                    what = "is a 32-bit float image (F), which has no agreed range"
                 raise DistilledError(f"distilled image '{path}' {what}, the dataset has {channels} channel(s); fix: "
-                                     f"convert the set to {want} PNGs (PIL: Image.convert('{want}'))")
-            return np.asarray(im.convert("L" if channels == 1 else "RGB"))
+                                     f"convert the set to 8-bit {want} PNGs (PIL: Image.convert('{want}'))")
+            return _pixels(im, path, channels)
     except (UnidentifiedImageError, OSError) as e:
         raise DistilledError(f"distilled image '{path}' cannot be read ({type(e).__name__}); fix: remove or "
                              f"replace the file") from None
@@ -113,20 +135,57 @@ def check_made_for(root: Path, classes: list[str]) -> None:
                              f"distill.path=<a set made for this dataset>")
 
 
-def load_distilled(root: Path | str, classes: list[str], channels: int) -> DistilledImages:
-    """Read a distilled ImageFolder; every check happens before any pixel is used for training."""
+def _available_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):  # not Linux
+        return None
+
+
+def check_size(path: Path, n: int, channels: int, input_size: int | None) -> None:
+    """Before decoding a set: its first image's size (from the header) against the dataset's input size and
+    the memory the decoded set will take. Too small to crop, or more than half the free memory: refused;
+    far from the input size: one warning line with the numbers."""
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+    except (UnidentifiedImageError, OSError):
+        return  # _read says what is wrong with it
+    total = n * channels * w * h
+    gb = f"{total / 1e9:.2f} GB decoded for {n} images"
+    if input_size and min(w, h) < min(MIN_SIDE, input_size):
+        raise DistilledError(f"distilled image '{path}' is {w}x{h} px, the dataset's input size is {input_size}: "
+                             f"replay would upsample every crop from {min(w, h)} px; fix: distill.path=<a set at "
+                             f"the input size ({input_size} px)>")
+    free = _available_bytes()
+    if free is not None and total > free / 2:
+        raise DistilledError(f"distilled images of {w}x{h} px ({path.name}): {gb}, more than half of this "
+                             f"machine's {free / 1e9:.1f} GB free memory; fix: resize the set to the dataset's input "
+                             f"size ({input_size} px) or use a machine with more memory")
+    if input_size and (max(w, h) > 4 * input_size or min(w, h) < input_size / 2):
+        log.warning("distilled images are %dx%d px, the dataset's input size is %d: replay crops and resizes them "
+                    "to %d px (%s); resize the set once if that is not intended", w, h, input_size, input_size, gb)
+
+
+def load_distilled(root: Path | str, classes: list[str], channels: int,
+                   input_size: int | None = None) -> DistilledImages:
+    """Read a distilled ImageFolder; every check happens before any pixel is used for training (with
+    `input_size`, the images' size too: check_size)."""
     root = Path(root)
     arrays, targets, files = [], [], []
     digest = hashlib.sha256()
     check_made_for(root, classes)
-    ignored = []
-    for cid, d in enumerate(track(_class_dirs(root, classes), f"reading {root.name}")):
+    ignored, listed = [], []
+    for cid, d in enumerate(_class_dirs(root, classes)):
         entries = [p for p in d.iterdir() if p.is_file() and not p.name.startswith(".")]
         paths = sorted(p for p in entries if is_image(p.name))
         ignored += [p for p in entries if not is_image(p.name)]
         if not paths:
             raise DistilledError(f"distilled folder '{d}' (class {cid}) has no images; fix: add its images or "
                                  f"use a complete set")
+        listed.append((cid, paths))
+    check_size(listed[0][1][0], sum(len(p) for _, p in listed), channels, input_size)
+    for cid, paths in track(listed, f"reading {root.name}"):
         for p in paths:
             data = p.read_bytes()
             rel = p.relative_to(root).as_posix()

@@ -22,7 +22,8 @@ def folder_path(dcfg: Mapping[str, Any]) -> Path:
 
 def open_folder(dcfg: Mapping[str, Any], dataset: Mapping[str, Any]) -> DistilledImages:
     """The set, read and checked (class folders, image modes and sizes: data/distilled.py)."""
-    return load_distilled(folder_path(dcfg), class_names(dataset), int(dataset["channels"]))
+    return load_distilled(folder_path(dcfg), class_names(dataset), int(dataset["channels"]),
+                          int(dataset["input_size"]))
 
 
 def check_folder(dcfg: Mapping[str, Any], dataset: Mapping[str, Any]) -> None:
