@@ -264,3 +264,29 @@ def test_a_one_pixel_set_is_refused_and_a_huge_one_warned_about_with_numbers(tmp
     with pytest.raises(DistilledError) as e:
         load_distilled(root, [str(c) for c in range(10)], 1, 28)
     assert "more than half of this machine's" in one_line(e.value)
+
+
+def test_imagefolder_with_num_classes_null_and_a_teacher_checkpoint_passes_preflight(tmp_path):
+    """num_classes: null = the class folders found, resolved once before pre-flight (it was int(None))."""
+    from PIL import Image
+
+    from conftest import compose
+    from hald.models import build_backbone, save_weights
+    from hald.pipeline.preflight import preflight, resolve_class_count
+
+    for split in ("train", "test"):
+        for c in "abc":
+            (tmp_path / split / c).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (32, 32), (i * 90, 0, 0)).save(tmp_path / split / c / f"{i}.png")
+    save_weights(build_backbone("convnet_w32", 3, 3, 32), tmp_path / "t.safetensors")
+    cfg = compose(["dataset=imagefolder", f"dataset.root={tmp_path}", "dataset.input_size=32",
+                   "dataset.test_resize=null", "model=convnet_w32", "teacher.models=[convnet_w32]",
+                   f"teacher.checkpoints=[{tmp_path}/t.safetensors]", "ipc=1", "slc=1"], tmp_path)
+    assert cfg.dataset.num_classes is None
+    resolved = resolve_class_count(cfg)
+    assert resolved.dataset.num_classes == 3 and cfg.dataset.num_classes is None  # a copy
+    preflight(resolved)
+    save_weights(build_backbone("convnet_w32", 5, 3, 32), tmp_path / "t.safetensors")
+    with pytest.raises(ConfigError, match="5 output classes"):
+        preflight(resolve_class_count(cfg))

@@ -59,3 +59,66 @@ def test_a_derived_run_only_changes_existing_keys_and_passes_the_schema(tmp_path
         derive(cfg, **{"train.epoch": 2})
     with pytest.raises(ConfigError, match="train.epochs"):
         derive(cfg, **{"train.epochs": -3})
+
+
+# -- every numeric key has a range, and an out-of-range value fails with its key -----------------------------------
+def _numeric_fields(schema, where):
+    """(dotted key, field) of every field of a config dataclass tree whose type holds a number."""
+    import re
+    from dataclasses import MISSING, fields, is_dataclass
+
+    out = []
+    for f in fields(schema):
+        key = f"{where}.{f.name}" if where else f.name
+        default = f.default_factory() if f.default_factory is not MISSING else f.default
+        if is_dataclass(default):
+            out += _numeric_fields(type(default), key)
+        elif re.search(r"\b(int|float)\b", str(f.type)) or (str(f.type) == "Any" and f.name in RANGES):
+            out.append((key, f))
+    return out
+
+
+def _bad(spec, like):
+    """A value just outside `spec`, shaped like the key's value (a list: one bad element)."""
+    from hald.schema import in_range
+
+    for v in (0, -1, 1.5, 1.0, 101, 0.5):
+        if not in_range(v, spec):
+            return [v] * len(like) if isinstance(like, (list, tuple)) and like else v
+    raise AssertionError(spec)
+
+
+def _method_cases():
+    from hald.distill import METHODS
+
+    seen, out = set(), []
+    for name, m in sorted(METHODS.items()):
+        if m.config is None or m.config in seen:
+            continue
+        seen.add(m.config)
+        out += [(f"distill={name}", f"distill.{f.name}", f) for _, f in _numeric_fields(m.config, "")
+                if f.name not in ("ipc", "seed")]  # distill.ipc / seed interpolate the top level's
+    return out
+
+
+from hald.schema import FREE, RANGES, HaldConfig  # noqa: E402
+
+TOP = [("", key, f) for key, f in _numeric_fields(HaldConfig, "")]
+CASES = [c for c in TOP + _method_cases() if c[2].name not in FREE]
+
+
+def test_every_numeric_key_of_the_schema_has_a_range_or_is_free():
+    missing = sorted({key for _, key, f in TOP + _method_cases() if f.name not in RANGES and f.name not in FREE})
+    assert not missing, f"numeric keys without a range in schema.RANGES: {missing}"
+
+
+@pytest.mark.parametrize("choice, key, f", CASES, ids=[k for _, k, _ in CASES])
+def test_an_out_of_range_value_of_every_numeric_key_stops_with_the_key_named(tmp_path, choice, key, f):
+    from omegaconf import OmegaConf, open_dict
+
+    cfg = compose(FAST + ([choice] if choice else []), tmp_path)
+    current = OmegaConf.select(cfg, key, default=None)
+    with open_dict(cfg):
+        OmegaConf.update(cfg, key, _bad(RANGES[f.name], current), force_add=True)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.") + "="):
+        validate(cfg)

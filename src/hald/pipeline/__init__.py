@@ -20,7 +20,7 @@ from hald.plugins import load_plugins
 from hald.evaluate.summary import print_summary
 from hald.pipeline.cache import Context
 from hald.pipeline.evaluate import stage_evaluate
-from hald.pipeline.preflight import adopt_store, preflight
+from hald.pipeline.preflight import adopt_store, preflight, resolve_class_count
 from hald.pipeline.priors import stage_priors
 from hald.pipeline.stages import (Made, distill_teachers, images_and_labels, needs_priors, needs_teacher,
                                   stage_squeeze)
@@ -31,6 +31,7 @@ from hald.pipeline.tracking import log_run_end
 def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
     """The whole trip; returns (and writes as results.json) the run's summary."""
     load_plugins(cfg.get("plugins"))  # a user's own methods, codecs, datasets, phases, losses
+    cfg = resolve_class_count(cfg)  # dataset.num_classes: null = the class folders found
     checked = preflight(cfg)  # every input checked, nothing built, nothing changed
     cfg = adopt_store(cfg, checked.store)  # a passed-in store's label settings: its manifest is the truth
     out_dir = out_dir or output_dir(cfg)

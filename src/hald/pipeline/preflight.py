@@ -200,6 +200,20 @@ def check_store(cfg: DictConfig, explicit: set[str]) -> LabelStore:
     return store
 
 
+def resolve_class_count(cfg: DictConfig) -> DictConfig:
+    """`dataset.num_classes: null` (imagefolder) = the classes found on disk: set once, on a copy, before
+    pre-flight, so that every stage and check sees one number (the layout is checked first: its error is the
+    clearer one)."""
+    if cfg.dataset.get("num_classes") is not None:
+        return cfg
+    validate(cfg)
+    check_source(cfg.dataset)
+    out = copy.deepcopy(cfg)
+    out.dataset.num_classes = len(class_names(cfg.dataset))
+    log.info("dataset.num_classes: %d (the class folders found)", out.dataset.num_classes)
+    return out
+
+
 def adopt_store(cfg: DictConfig, store: LabelStore | None) -> DictConfig:
     """The run's config with a passed-in store's label settings (a copy; the same config without a store).
     The one step by which a store's manifest reaches the losses (soft_loss.temperature interpolates
