@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 import pytest
+from omegaconf import OmegaConf, open_dict
 import torch
 
 from hald import artifacts, pipeline
@@ -50,7 +51,11 @@ def test_a_store_passed_in_gives_the_soft_loss_its_temperature(fast_cfg, made):
 @pytest.mark.parametrize("claim, match", [("soft_loss.temperature=20", "T=4"),
                                           ("labels.temperature=20", "labels.temperature=4"),
                                           ("labels.batch_size=16", "labels.batch_size=8"),
-                                          ("labels.teacher_mode=bssl", "labels.teacher_mode=eval")])
+                                          ("labels.teacher_mode=bssl", "labels.teacher_mode=eval"),
+                                          ("slc=4", "made with slc=8, the command line says 4"),
+                                          ("codec=topk", "labels.codec=name=float,dtype=float16"),
+                                          ("labels.codec.dtype=float32", "labels.codec=name=float,dtype=float16"),
+                                          ("label_budget=5KB", "label_budget=None")])
 def test_a_command_line_that_contradicts_the_store_stops_before_any_work(fast_cfg, made, tmp_path, claim, match):
     fresh = tmp_path / "fresh"
     cfg = fast_cfg("train.epochs=1", *passed_in(made), claim, f"paths.cache_dir={fresh}")
@@ -58,6 +63,19 @@ def test_a_command_line_that_contradicts_the_store_stops_before_any_work(fast_cf
         pipeline.run(cfg)
     one_line(e.value)
     assert not fresh.exists()
+
+
+def test_a_store_passed_in_fixes_slc_and_codec_when_the_command_line_leaves_them(fast_cfg, made, tmp_path):
+    from hald.pipeline.preflight import adopt_store, preflight
+
+    from conftest import FAST, compose
+
+    cfg = compose([o for o in FAST if not o.startswith("slc=")] + ["train.epochs=1", *passed_in(made)], tmp_path)
+    assert cfg.slc == 50  # the config's default, not stated on the command line
+    with open_dict(cfg):
+        cfg.labels.codec = {"name": "topk", "k": 3, "rest": "renorm"}  # as a preset would compose it
+    adopted = adopt_store(cfg, preflight(cfg).store)
+    assert adopted.slc == 8 and OmegaConf.to_container(adopted.labels.codec) == {"name": "float", "dtype": "float16"}
 
 
 def test_a_store_passed_in_needs_no_teacher(fast_cfg, made, tmp_path):

@@ -157,11 +157,22 @@ def explicit_keys() -> set[str]:
     return keys
 
 
-# Label-store fields a run must agree with: the store's manifest is the truth when a store is passed in.
-STORE_FIELDS = {"labels.temperature": "temperature", "labels.batch_size": "batch_size",
+# Every config key a passed-in store fixes, and where its manifest holds the value: the manifest is the truth.
+# One rule for all of them: taken from the store (adopt_store), and refused when the command line states another
+# value (so `-m slc=10,20 labels.store=S` stops instead of running identical jobs).
+STORE_FIELDS = {"slc": "slc", "labels.codec": "codec", "label_budget": "label_budget",
+                "labels.temperature": "temperature", "labels.batch_size": "batch_size",
                 "labels.crop_scale": ("crop", "scale"), "labels.crop_ratio": ("crop", "ratio"),
                 "labels.flip_p": "flip_p", "labels.cutmix_alpha": ("mix", "alpha"),
-                "labels.teacher_mode": "teacher_mode", "labels.seed": "seed"}
+                "labels.teacher_mode": "teacher_mode", "labels.bssl_group_size": "bssl_group_size",
+                "labels.seed": "seed"}
+GROUP_OF = {"labels.codec": "codec"}  # a key set through a config group (`codec=topk`)
+
+
+def stated(key: str, explicit: set[str]) -> bool:
+    """The command line set `key`, one of its sub-keys (labels.codec.k) or the group that fills it."""
+    return (key in explicit or any(e.startswith(key + ".") for e in explicit)
+            or GROUP_OF.get(key) in explicit)
 
 
 def store_settings(cfg: DictConfig, store: LabelStore) -> dict[str, Any]:
@@ -189,9 +200,13 @@ def check_store(cfg: DictConfig, explicit: set[str]) -> LabelStore:
         raise ConfigError(f"label store '{path}' was made at input size {m['crop']['size']}, this run uses "
                           f"{cfg.dataset.input_size}; fix: dataset.input_size={m['crop']['size']} or relabel")
     for key, have in store_settings(cfg, store).items():
-        if key in explicit:
-            raise ConfigError(f"label store '{path}' was made with {key}={have}, the command line says "
-                              f"{OmegaConf.select(cfg, key)}; fix: {key}={have} (or relabel with labels.store=null)")
+        if stated(key, explicit):
+            said = OmegaConf.select(cfg, key)
+            said = OmegaConf.to_container(said) if OmegaConf.is_config(said) else said
+            shown = ",".join(f"{k}={v}" for k, v in have.items()) if isinstance(have, dict) else have
+            raise ConfigError(f"label store '{path}' was made with {key}={shown}, the command line says {said}; "
+                              f"fix: drop {GROUP_OF.get(key, key)}=... (the store fixes it), or labels.store=null "
+                              f"to relabel with it")
     soft_t = float(cfg.soft_loss.temperature) if "soft_loss.temperature" in explicit else None
     if soft_t is not None and soft_t != float(m["temperature"]):
         raise ConfigError(f"label store '{path}' holds soft labels at T={m['temperature']}, soft_loss.temperature="
