@@ -6,6 +6,7 @@ config groups (a new method's conf/distill/<name>.yaml, ...), `plugins=[module]`
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -27,7 +28,7 @@ CONF = str(Path(__file__).resolve().parents[2] / "conf")
 @hydra.main(version_base="1.3", config_path=CONF, config_name="config")
 def main(cfg: DictConfig) -> float | None:
     from hald.console import quiet_libraries
-    from hald.errors import InputError
+    from hald.errors import InputError, Terminated
     from hald.sweep import ERROR_FILE
 
     quiet_libraries()  # after Hydra has set up its handlers
@@ -35,10 +36,20 @@ def main(cfg: DictConfig) -> float | None:
     job_dir, multirun = _job()
     if multirun:
         (job_dir / ERROR_FILE).unlink(missing_ok=True)  # a rerun into the same sweep dir starts clean
+    previous = signal.signal(signal.SIGTERM, _terminate)  # Lightning's own handler calls this one after its own
     try:
         from hald.pipeline import run
 
         return run(cfg).get("top1")
+    except Terminated as e:
+        # Preempted: not a success (Lightning alone would exit 0). Everything finished so far resumes.
+        ckpt = job_dir / "checkpoints" / "last.ckpt"
+        kept = "the student's last checkpoint is kept" if ckpt.is_file() else "finished stages and units are kept"
+        note = (f"{kept}; fix: run the same command again with train.resume=true (hydra.run.dir={job_dir})"
+                if not multirun else f"{kept}; fix: run the sweep again with train.resume=true (finished jobs are "
+                                     f"reused from the cache)")
+        _failed(e, 143, job_dir, multirun, note)
+        sys.exit(143)  # a sweep stops too: the machine is being taken away
     except InputError as e:
         # Bad input: one line with the cause and the fix, no traceback; nothing was half-written.
         return _failed(e, 2, job_dir, multirun)
@@ -54,7 +65,14 @@ def main(cfg: DictConfig) -> float | None:
         log.exception("sweep job failed")  # the traceback goes to this job's log; the other jobs run
         return _failed(e, 1, job_dir, multirun)
     finally:
+        signal.signal(signal.SIGTERM, previous)
         _close_wandb()
+
+
+def _terminate(signum, frame) -> None:
+    from hald.errors import Terminated
+
+    raise Terminated("stopped by SIGTERM (preemption, scancel or kill)")
 
 
 def _job() -> tuple[Path, bool]:

@@ -14,3 +14,9 @@ class ConfigError(InputError):
 
 class DivergedError(InputError, RuntimeError):
     """Training produced a NaN or infinite loss (one line: where, and the fix)."""
+
+
+class Terminated(BaseException):
+    """SIGTERM arrived (SLURM preemption, scancel, kill): raised in the main thread by the run's handler so that
+    every `finally` and temp-file cleanup runs; the entry point exits 143 with how to resume. A BaseException,
+    like KeyboardInterrupt, so no `except Exception` swallows it."""
