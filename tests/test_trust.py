@@ -45,7 +45,15 @@ def test_a_store_passed_in_gives_the_soft_loss_its_temperature(fast_cfg, made):
     phases = instantiate(adopted.student.phases)  # ... reaches the losses the run trains with
     assert phases["soft"].loss.temperature == phases["hard"].loss.temperature == 4
     assert cfg.soft_loss.temperature == 20  # pre-flight changed nothing
-    pipeline.run(cfg)
+    out = pipeline.run(cfg)
+    # what was used is recorded: the store's settings, not the config's defaults
+    used = json.loads((Path(out["output_dir"]) / "results.json").read_text())["label_settings"]
+    assert used["temperature"] == 4 and used["teacher_mode"] == "eval" and used["batch_size"] == 8
+    assert used["codec"] == out["codec"] and used["crop"]["scale"] == [0.08, 1.0] and used["mix"]["type"]
+    from hald.evaluate.summary import summary_rows
+
+    row = dict(summary_rows(out))["labels made with"]
+    assert row.startswith("T=4, teacher eval") and "crop 28 px scale [0.08, 1.0]" in row, row
 
 
 @pytest.mark.parametrize("claim, match", [("soft_loss.temperature=20", "T=4"),
@@ -235,6 +243,27 @@ def test_a_method_short_of_real_images_stops_before_the_squeeze(fast_cfg, method
     assert not Path(cfg.paths.cache_dir).exists()
 
 
+@pytest.mark.parametrize("method, extra", [("random", []), ("rded", []), ("rded", ["distill.factor=4"]),
+                                           ("sre2lpp", ["distill.rded.factor=4"]),
+                                           ("rded", ["distill.factor=14", "ipc=1"]),
+                                           ("sre2lpp", ["distill.rded.factor=14", "ipc=1"])])
+def test_the_fix_for_too_few_real_images_is_a_setting_that_works(fast_cfg, method, extra):
+    """The fix names a value the user can type (never ipc<=0), and that value passes the same check."""
+    import re
+
+    from hald.pipeline.preflight import preflight
+
+    cfg = fast_cfg(f"distill={method}", "ipc=60", "slc=60", *extra)
+    with pytest.raises(ConfigError, match="has 50") as e:
+        preflight(cfg)
+    fix = re.search(r"fix: (\S+)=(\S+)", str(e.value))
+    assert fix and fix.group(2) not in ("0", "<=0"), str(e.value)
+    key, value = fix.group(1), fix.group(2)
+    assert int(value) >= 1
+    slc = [f"slc={value}"] if key == "ipc" else []  # slc stays a multiple of ipc
+    preflight(fast_cfg(f"distill={method}", "ipc=60", "slc=60", *extra, f"{key}={value}", *slc))  # passes
+
+
 def test_an_added_unknown_nested_key_is_refused(fast_cfg):
     with pytest.raises(ConfigError, match="train.fooo") as e:
         pipeline.run(fast_cfg("+train.fooo=1"))
@@ -275,3 +304,21 @@ def test_a_bad_input_is_printed_once_as_one_line(tmp_path):
     hits = [ln for ln in (r.stdout + r.stderr).splitlines() if "ipc=0 must be a positive integer" in ln]
     assert hits == ["error: ipc=0 must be a positive integer; fix: ipc=1 or more"], r.stdout + r.stderr
     assert "ipc=0 must be" in (tmp_path / "run" / "run.log").read_text()  # and it is in the job's log file
+
+
+def test_loader_workers_are_capped_at_the_cpus_and_said_once(monkeypatch, caplog):
+    """A paper's 8 workers on a 2-CPU machine: 2, one line (PyTorch would warn twice per loader); on a big
+    node the paper's number stays."""
+    from hald import dist
+
+    monkeypatch.setattr(dist.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.setattr(dist, "_workers_said", set())
+    with caplog.at_level(logging.INFO, logger="hald"):
+        assert dist.loader_workers(8, "squeeze resnet18") == 2
+        assert dist.loader_workers(8, "squeeze resnet18") == 2
+        assert dist.loader_workers(1, "relabel") == 1
+    said = [r.getMessage() for r in caplog.records if "loader workers asked" in r.getMessage()]
+    assert said == ["squeeze resnet18: 8 loader workers asked, this process has 2 CPUs: using 2 (the count does "
+                    "not change results)"]
+    monkeypatch.setattr(dist.os, "sched_getaffinity", lambda pid: set(range(16)))
+    assert dist.loader_workers(8, "squeeze resnet18") == 8

@@ -6,11 +6,13 @@ never leaves a half-written artifact where a reader would find it.
 """
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import socket
 import tempfile
@@ -69,11 +71,11 @@ def atomic_write(path: Path) -> Iterator[Path]:
         yield Path(tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:
+        err = write_error(e, path)  # before the unlink: a full disk is still full
         Path(tmp).unlink(missing_ok=True)
-        raise naming(e, path) from e
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        if err is not None:
+            raise err from e
         raise
 
 
@@ -84,6 +86,32 @@ def naming(e: OSError, path: Path) -> OSError:
     if e.errno is None:
         return type(e)(f"{e or type(e).__name__} (writing '{path}')")
     return type(e)(e.errno, e.strerror or str(e), str(path))
+
+
+_OS_ERROR = re.compile(r"\(os error (\d+)\)")
+
+
+def write_error(e: BaseException, path: Path) -> OSError | None:
+    """A failed write as the OSError it is, naming `path`, or None when it is not an I/O failure. Libraries
+    hide the OS error: safetensors raises SafetensorError("... No space left on device (os error 28)"), torch.save
+    a RuntimeError from its zip writer ("[enforce fail at inline_container.cc] ... unexpected pos") that names no
+    cause at all; for that one a file system with (almost) no free space left is the cause."""
+    if isinstance(e, OSError):
+        return naming(e, path)
+    if not isinstance(e, Exception):
+        return None
+    found = _OS_ERROR.search(str(e))
+    if found:
+        code = int(found.group(1))
+        return OSError(code, os.strerror(code), str(path))
+    if isinstance(e, RuntimeError) and ("inline_container" in str(e) or "PytorchStreamWriter" in str(e)):
+        try:
+            free = shutil.disk_usage(path.parent).free
+        except OSError:
+            return None
+        if free < 1 << 20:
+            return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+    return None
 
 
 def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:

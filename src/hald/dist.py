@@ -102,3 +102,27 @@ def device_kwargs(accelerator: str) -> dict[str, Any]:
     if active() and accelerator in ("auto", "gpu", "cuda") and torch.cuda.is_available():
         return {"accelerator": "gpu", "devices": [local_rank()]}
     return {"accelerator": accelerator, "devices": 1}
+
+
+_workers_said: set[str] = set()
+
+
+def loader_workers(asked: int, what: str) -> int:
+    """Loader worker processes that fit this process: at most the CPUs it may run on (what PyTorch's loader
+    checks before warning twice per loader). Items are seeded by what they are (data/transforms.Reseeded, the
+    replay's per-crop seeds), so the count never changes results: a paper's 8 workers stay 8 on a node with
+    8 or more CPUs and become what fits on a smaller one, said once per stage."""
+    asked = int(asked)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS: no affinity call
+        cpus = os.cpu_count() or 1
+    if asked <= cpus:
+        return asked
+    if what not in _workers_said:
+        _workers_said.add(what)
+        import logging
+
+        logging.getLogger("hald").info("%s: %d loader workers asked, this process has %d CPUs: using %d (the "
+                                       "count does not change results)", what, asked, cpus, cpus)
+    return cpus

@@ -19,74 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from hald.errors import ConfigError
-
-
-def positive(where: str, **values: Any) -> None:
-    """Counts that must be positive integers, named by their key."""
-    for key, value in values.items():
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{where}.{key}={value} must be a positive integer; fix: {where}.{key}=1 or more")
-
-
-def one_of(where: str, key: str, value: Any, choices: tuple) -> None:
-    if value not in choices:
-        raise ConfigError(f"{where}.{key}={value!r}; fix: one of {list(choices)}")
-
-
-# The valid range of every numeric key, by field name (the names mean the same in every group and method):
-# `validate` walks the built config and checks each value (each element of a list) against it; a test walks
-# the schema and tries an out-of-range value for every one, and fails on a numeric key missing here.
-COUNT, NONNEG, POS, UNIT = ">=1", ">=0", ">0", "[0,1]"
-RANGES = {
-    **dict.fromkeys(("epochs", "batch_size", "ipc", "slc", "iterations", "mipc", "num_crops", "factor", "class_chunk",
-                     "devices", "cpu_threads", "units_run", "log_every", "lvsd_crops", "consistency_pairs",
-                     "checkpoint_every", "soft_batch_size", "hard_batch_size", "micro_batch_size",
-                     "eval_batch_size", "channels", "input_size", "num_classes", "test_resize", "train_per_class",
-                     "block", "bssl_group_size", "max_steps", "budgets", "input_sizes", "groups_per_forward"), COUNT),
-    **dict.fromkeys(("num_workers", "eval_every", "grad_sim_every", "weight_decay", "r_bn", "first_bn_multiplier",
-                     "cutmix_alpha", "warmup_epochs", "pad"), NONNEG),
-    **dict.fromkeys(("lr", "eta", "default_lr", "default_eta", "temperature", "std", "images_on_device_max_gb",
-                     "crop_ratio"), POS),
-    **dict.fromkeys(("flip_p", "label_smoothing", "soft_fraction", "alpha", "shift", "cutout", "weight",
-                     "warmup_decay", "crop_scale"), UNIT),
-    **dict.fromkeys(("momentum", "betas"), "[0,1)"),
-    "top1": "[0,100]",
-}
-FREE = ("seed", "split_seed", "seeds", "mean", "scores", "priors")  # any value is valid (seeds, data statistics)
-
-
-def in_range(value: Any, spec: str) -> bool:
-    if spec.startswith(">="):
-        return value >= float(spec[2:])
-    if spec.startswith(">"):
-        return value > float(spec[1:])
-    lo, hi = (float(x) for x in spec[1:-1].split(","))
-    return (lo <= value if spec[0] == "[" else lo < value) and (value <= hi if spec[-1] == "]" else value < hi)
-
-
-def check_ranges(obj: Any, where: str) -> None:
-    """Every field of a built config dataclass (recursively) whose name has a RANGES entry: the value, or each
-    element of a list of numbers, in range; `auto` and null (where a key allows them) pass."""
-    from dataclasses import fields, is_dataclass
-
-    for f in fields(obj):
-        value, key = getattr(obj, f.name), f"{where}.{f.name}" if where else f.name
-        if is_dataclass(value):
-            check_ranges(value, key)
-            continue
-        spec = RANGES.get(f.name)
-        values = value if isinstance(value, (list, tuple)) else [value]
-        if spec is None or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
-            continue
-        bad = [v for v in values if not in_range(v, spec)]
-        if bad:
-            shown = value if isinstance(value, (list, tuple)) else bad[0]
-            raise ConfigError(f"{key}={shown} is out of range ({'each ' if values is value else ''}{spec}); fix: "
-                              f"{key}=<a value {spec}>")
-        if f.name == "crop_scale" and len(values) == 2 and values[0] > values[1]:
-            raise ConfigError(f"{key}={value}: the smaller scale comes first; fix: {key}=[{values[1]}, {values[0]}]")
+from hald.ranges import check_ranges, one_of, positive
 
 
 @dataclass

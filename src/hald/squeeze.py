@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.classification import MulticlassAccuracy
 
+from hald import dist
 from hald.console import progress_callbacks
 from hald.data.sources import build_source
 from hald.data.transforms import (FixedOrder, Reseeded, Transformed, eval_transform, pad_crop_transform,
@@ -135,7 +136,7 @@ def squeeze(model_name: str, dataset: Mapping[str, Any], cfg: Mapping[str, Any],
                            int(cfg["epochs"]), float(cfg["label_smoothing"]),
                            {k: cfg[k] for k in ("optimizer", "momentum", "nesterov", "schedule", "warmup_epochs",
                                                 "warmup_decay") if k in cfg})
-    workers = int(cfg["num_workers"])
+    workers = dist.loader_workers(int(cfg["num_workers"]), f"squeeze {model_name}")
     work = Path(work_dir) if work_dir is not None else Path(out_dir) / ".work"
     ckpt = LastCheckpoint(work / "last.ckpt")
     kwargs = dict(trainer_kwargs)

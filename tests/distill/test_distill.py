@@ -267,3 +267,20 @@ def test_recover_shares_ipc_indices_over_two_ddp_ranks(teacher, tmp_path):
     files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.png"))
     assert len(files) == 41  # 40 images + the grid
     assert all((tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes() for f in files)
+
+
+def test_recover_and_rded_report_progress_as_log_lines_when_stdout_is_a_file(tmp_path, monkeypatch, caplog):
+    """No terminal (a SLURM log): recover's units and RDED's scoring each give Ticker lines (console.py)."""
+    import logging
+
+    monkeypatch.setenv("HALD_PROGRESS_EVERY", "0")
+    ck = _random_teacher(tmp_path / "t.safetensors")
+    cfg = compose(FAST + ["distill=sre2lpp", f"teacher.checkpoints=[{ck}]", "ipc=2", "distill.iterations=3",
+                          "distill.class_chunk=5", "trainer.enable_progress_bar=true"], tmp_path)
+    ctx = Context(cfg, tmp_path / "cache")
+    with caplog.at_level(logging.INFO, logger="hald"):
+        stage_distill(ctx, stage_squeeze(ctx))
+    lines = [r.getMessage() for r in caplog.records]
+    recover = [ln for ln in lines if ln.startswith("recover: ") and " iterations (" in ln]
+    assert recover and recover[-1].startswith("recover: 12/12 iterations (100%)") and "ce " in recover[-1], lines
+    assert any(ln.startswith("rded: scoring crops: 10/10 (100%)") for ln in lines), lines

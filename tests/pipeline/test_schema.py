@@ -80,7 +80,7 @@ def _numeric_fields(schema, where):
 
 def _bad(spec, like):
     """A value just outside `spec`, shaped like the key's value (a list: one bad element)."""
-    from hald.schema import in_range
+    from hald.ranges import in_range
 
     for v in (0, -1, 1.5, 1.0, 101, 0.5):
         if not in_range(v, spec):
@@ -101,7 +101,8 @@ def _method_cases():
     return out
 
 
-from hald.schema import FREE, RANGES, HaldConfig  # noqa: E402
+from hald.ranges import FREE, RANGES  # noqa: E402
+from hald.schema import HaldConfig  # noqa: E402
 
 TOP = [("", key, f) for key, f in _numeric_fields(HaldConfig, "")]
 CASES = [c for c in TOP + _method_cases() if c[2].name not in FREE]

@@ -39,8 +39,9 @@ from hald.distill.augment import jitter_batch
 from hald.distill.bn_matching import BNStatistics
 from hald.distill.pixels import to_uint8, valid_range
 from hald.distill.rded import rded_images, rded_work, resolve_factor
-from hald.distill.recover import (RecoverJob, RecoverSettings, UnitStep, committee_schedule, ends, launch_units,
-                                  promote_units, recover_real_images, resolve_jitter, run_units)
+from hald.distill.recover import (RecoverJob, RecoverSettings, committee_schedule, recover_real_images,
+                                  resolve_jitter)
+from hald.distill.unit_loop import UnitStep, ends, launch_units, promote_units, run_units
 from hald.distill.registry import Cost, Work, register
 from hald.distill.runtime import load_pool_teacher, make_fabric
 from hald.errors import ConfigError

@@ -20,19 +20,15 @@ run is started again (hald/units.py). With `devices > 1` the IPC indices are sha
 from __future__ import annotations
 
 import logging
-import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, List, Mapping, Optional, Sequence
+from typing import Any, List, Mapping, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 from hald.artifacts import plain
-from hald import dist
-from hald.data.distilled import load_distilled, save_png
 from hald.data.sources import ImageSource
 from hald.distill.augment import jitter_batch
 from hald.distill.bn_matching import BNStatistics
@@ -40,9 +36,9 @@ from hald.distill.committee import CommitteeSchedule
 from hald.distill.pixels import normalize, to_uint8, valid_range
 from hald.distill.rded import rded_images, rded_real_images, rded_work, resolve_factor
 from hald.distill.registry import Cost, Work, register
-from hald.distill.runtime import intra_op_threads, load_pool_teacher, make_fabric, save_grid
+from hald.distill.runtime import load_pool_teacher, make_fabric
+from hald.distill.unit_loop import UnitStep, ends, launch_units, promote_units, run_units
 from hald.models.teachers import Teacher
-from hald.seeding import seed_of
 from hald.errors import ConfigError
 from hald.units import UnitStore
 
@@ -146,82 +142,6 @@ class RecoverJob:
         return torch.randn(len(cls), ch, size, size).to(device)
 
 
-def unit_name(ipc_index: int, chunk: int) -> str:
-    return f"i{ipc_index:05d}-c{chunk:05d}"
-
-
-def unit_files(ipc_index: int, classes: list[int]) -> list[str]:
-    return [f"images/{c:05d}/{ipc_index:05d}.png" for c in classes]
-
-
-def write_unit(store: UnitStore, ipc_index: int, chunk: int, images: torch.Tensor, classes: list[int],
-               record: dict[str, Any]) -> None:
-    """Save one unit: uint8 [B, C, H, W] images of `classes` at this IPC index, then its marker."""
-    name = unit_name(ipc_index, chunk)
-    if store.is_done(name):  # never rewrite a finished unit (e.g. two runs racing)
-        return
-    files = unit_files(ipc_index, classes)
-    for img, rel in zip(images, files):
-        save_png(img, store.root / rel)
-    store.commit(name, files, {"ipc_index": ipc_index, "chunk": chunk, "classes": classes, **record})
-
-
-def progress_bar(enabled: bool) -> Progress:
-    return Progress(TextColumn("[progress.description]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeRemainingColumn(), TextColumn("{task.fields[losses]}"), transient=True,
-                    disable=not enabled)
-
-
-@dataclass
-class UnitStep:
-    """What a recover-style method does inside the shared unit loop (`run_units`): recover and FADRM differ
-    only here."""
-    label: str                                                 # the progress bar's name ("recover", "fadrm")
-    describe: Callable[[int, int], str]                        # unit (i, k) -> the bar's description
-    losses: Callable[[dict], str]                              # on_log's values -> the bar's loss text
-    optimise: Callable[..., tuple[torch.Tensor, dict]]         # (i, k, x0, targets, on_log) -> (x, record)
-    pixels: Callable[[torch.Tensor], torch.Tensor]             # optimised floats -> the stored uint8
-    skipped: dict                                              # record fields of a unit beyond units_run
-    prepare: Callable[[int], None]                             # load IPC index i's teachers (before the unit's
-                                                               # seed: building a model draws random weights)
-
-
-def run_units(fabric, job: RecoverJob, step: UnitStep) -> None:
-    """This rank's share of the units: IPC indices i with i mod world size = rank; finished ones skipped. Each
-    unit is seeded by (seed, i, k) inside a forked RNG, so units are independent of each other and of order."""
-    store = UnitStore(job.work_dir)
-    todo = [(i, k) for i, k in job.units()
-            if i % fabric.world_size == fabric.global_rank and not store.is_done(unit_name(i, k))]
-    s = job.settings
-    threads = job.cpu_threads if fabric.device.type == "cpu" else None
-    with intra_op_threads(threads), progress_bar(job.progress and fabric.global_rank == 0) as bar:
-        task = bar.add_task(step.label, total=len(todo) * s.iterations, losses="")
-        for n, (i, k) in enumerate(todo):
-            cls, unit_seed = job.classes(k), seed_of(job.seed, i, k)
-            bar.update(task, description=step.describe(i, k))
-            if job.runs(i, k):
-                step.prepare(i)
-
-            def on_log(t: int, vals: dict[str, float], n: int = n) -> None:
-                bar.update(task, completed=n * s.iterations + t + 1, losses=step.losses(vals))
-
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(unit_seed)
-                x0 = job.x0(i, k, fabric.device)
-                if job.runs(i, k):
-                    x, record = step.optimise(i, k, x0, torch.tensor(cls, device=fabric.device), on_log)
-                else:  # beyond distill.units_run: the init is the unit's image, as recorded
-                    x, record = x0, {**step.skipped, "iterations": 0, "first": None, "last": None}
-            write_unit(store, i, k, step.pixels(x), cls,
-                       {"rank": fabric.global_rank, "seed": unit_seed, **record})
-    fabric.barrier()
-
-
-def ends(hist: Mapping[str, list], keys: Sequence[str]) -> dict[str, dict]:
-    """A unit record's first and last logged values of `keys`."""
-    return {"first": {key: hist[key][0] for key in keys}, "last": {key: hist[key][-1] for key in keys}}
-
-
 def run_rank(fabric, job: RecoverJob) -> None:
     """Recover's units: the IPC index's committee (loaded on first use) votes with its weights."""
     nets: dict[int, nn.Module] = {}
@@ -246,35 +166,6 @@ def run_rank(fabric, job: RecoverJob) -> None:
         "recover", lambda i, k: f"recover ipc {i} chunk {k} [{'+'.join(job.teachers[m].name for m in voters(i))}]",
         lambda v: f"ce {v['ce']:.3f}  bn {v['bn']:.3f}  loss {v['loss']:.3f}", optimise,
         lambda x: to_uint8(x, job.dataset), {"members": [], "weights": []}, load))
-
-
-def launch_units(run: Callable, job: RecoverJob, store: UnitStore, trainer_kwargs: Mapping[str, Any] | None,
-                 devices: int, label: str) -> None:
-    """Run the job's missing units: `run(fabric, job)` on `devices` processes (Lightning Fabric), or on the
-    ranks of the pipeline's DDP world when there is one (every rank joins, even with nothing to do)."""
-    missing = [u for u in job.units() if not store.is_done(unit_name(*u))]
-    devices = dist.world() if dist.active() else devices
-    if missing or dist.active():
-        log.info("%s: %d of %d units to do (%d finished before) on %d device(s)", label, len(missing),
-                 len(job.units()), len(job.units()) - len(missing), devices)
-        make_fabric(trainer_kwargs, devices).launch(run, job)
-
-
-def promote_units(job: RecoverJob, store: UnitStore, out_dir: Path, own_work_dir: bool, label: str) -> list:
-    """Every unit finished: their records, their PNGs moved into `out_dir/images` (and the work dir removed
-    when it was the build's own), the preview grid written."""
-    names = [unit_name(*u) for u in job.units()]
-    done = [n for n in names if store.is_done(n)]
-    if len(done) != len(names):
-        raise RuntimeError(f"{label} finished {len(done)} of {len(names)} units in {store.root}; run again to "
-                           f"resume")
-    records = store.records(names)
-    store.promote(names, out_dir / "images", strip="images/")
-    if own_work_dir:
-        shutil.rmtree(store.root, ignore_errors=True)
-    made = load_distilled(out_dir / "images", [str(k) for k in range(job.num_classes)], int(job.dataset["channels"]))
-    save_grid(out_dir / "grid.png", made.images.view(job.num_classes, job.ipc, *made.images.shape[1:]), job.ipc)
-    return records
 
 
 def resolve_jitter(jitter: int | str, input_size: int) -> int:

@@ -45,6 +45,7 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
         ("label bytes on disk", f"{s['label_bytes']:,} B ({_fmt_bytes(s['label_bytes'])})"
                                 + (f" of a {s['label_budget']:,} B budget" if s.get("label_budget") else "")
                                 + f"; codec {s.get('codec', '')}"),
+        *([("labels made with", label_settings_row(ls))] if (ls := s.get("label_settings")) else []),
         ("phase timeline", s["schedule"]),
         ("test top-1 at phase ends", "  ".join(f"e{e['epoch']}:{e['phase']} {e['top1']:.1f}%" for e in s["eval_log"])),
         ("lr / eta", f"{s['lr']:g} / {s['eta']:g}"),
@@ -52,6 +53,23 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
         ("output directory", s["output_dir"]),
     ]
     return rows + analysis_rows(s)
+
+
+def label_settings_row(ls: dict[str, Any]) -> str:
+    """The store's own record of how its labels were made (a passed-in store: its manifest, not the config)."""
+    crop, mix = ls.get("crop") or {}, ls.get("mix") or {}
+    mode = ls.get("teacher_mode")
+    if mode == "bssl" and ls.get("bssl_group_size"):
+        mode = f"bssl (groups of {ls['bssl_group_size']})"
+    teachers = f" [{'+'.join(ls['teachers'])}]" if ls.get("teachers") else ""
+    mixing = f"cutmix {mix.get('alpha')}" if mix.get("type") == "cutmix" else "no mix"
+    return (f"T={ls.get('temperature'):g}, teacher {mode}{teachers}, batch {ls.get('batch_size')}, crop "
+            f"{crop.get('size')} px scale {crop.get('scale')} ratio {_ratio(crop.get('ratio'))}, flip "
+            f"{ls.get('flip_p')}, {mixing}")
+
+
+def _ratio(r: Any) -> str:
+    return "[" + ", ".join(f"{float(v):.3g}" for v in r) + "]" if r else "-"
 
 
 def analysis_rows(s: dict[str, Any]) -> list[tuple[str, str]]:

@@ -183,7 +183,7 @@ def relabel(distilled: DistilledImages, committee: Committee, plan: Plan, cfg: M
                               cutmix_alpha=cfg["cutmix_alpha"])
         data = PassDataset(images, batches, int(dataset["input_size"]), dataset["mean"], dataset["std"],
                            per_forward)
-        loader = DataLoader(data, batch_size=None, num_workers=int(cfg["num_workers"]))
+        loader = DataLoader(data, batch_size=None, num_workers=dist.loader_workers(cfg["num_workers"], "relabel"))
         labels = [lab for group in trainer.predict(labeller, loader) for lab in group]
         if not all(torch.isfinite(lab).all() for lab in labels):  # never write (and mark done) NaN labels
             raise DivergedError(f"relabel pass {p}: the teacher's soft labels are not finite (NaN or inf); fix: "

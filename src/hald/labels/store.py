@@ -176,6 +176,17 @@ class LabelStore:
     def num_records(self) -> int:
         return self.passes * self.batches_per_pass
 
+    @property
+    def settings(self) -> dict[str, Any]:
+        """How the labels were made, as the manifest records them (for a passed-in store, the truth whatever
+        the run's config says): results.json's `label_settings` and the summary table's row."""
+        m = self.manifest
+        return {"temperature": m.get("temperature"), "teacher_mode": m.get("teacher_mode"),
+                "bssl_group_size": m.get("bssl_group_size"), "teacher_weights": m.get("teacher_weights"),
+                "teachers": [t.get("name") for t in m.get("teachers") or [] if isinstance(t, dict)] or None,
+                "batch_size": m.get("batch_size"), "crop": m.get("crop"), "flip_p": m.get("flip_p"),
+                "mix": m.get("mix"), "codec": self.codec.describe(), "seed": m.get("seed")}
+
     # -- record access ---------------------------------------------------------------------------------
     def _shard(self, p: int) -> tuple[ShardView, torch.Tensor, torch.Tensor]:
         # Opened lazily per process (after pickling into a worker or rank), never shared across processes.

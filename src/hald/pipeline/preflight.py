@@ -22,6 +22,7 @@ from hald.labels.store import LabelStore, check_soft_batch, open_store_for
 from hald.models.build import check_checkpoint, torchvision_weights
 from hald.pipeline.stages import plan_relabel
 from hald.pipeline.student import build_schedule
+from hald.ranges import COUNT, range_message
 from hald.schema import validate
 
 log = logging.getLogger("hald")
@@ -127,7 +128,7 @@ def check_counts(cfg: DictConfig, method: Method) -> None:
         counts["teacher.squeeze.batch_size"] = cfg.teacher.squeeze.batch_size
     for key, value in counts.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"{key}={value} must be a positive integer; fix: {key}=1 or more")
+            raise ConfigError(range_message(key, value, COUNT))
 
 
 def check_enough_images(method: Method, dcfg: dict, dataset: DictConfig) -> None:
@@ -140,8 +141,23 @@ def check_enough_images(method: Method, dcfg: dict, dataset: DictConfig) -> None
     have = counts.get(short, 0)
     if have < need:
         raise ConfigError(f"distill={dcfg['method']} with ipc={dcfg.get('ipc')} needs {need} real training images "
-                          f"per class, but class {short} of {dataset.name} has {have}; fix: ipc<="
-                          f"{max(have * int(dcfg.get('ipc') or 1) // need, 0)} (or a method that needs fewer)")
+                          f"per class, but class {short} of {dataset.name} has {have}; fix: "
+                          f"{fewer_images_fix(method, dcfg, dataset, have)}")
+
+
+def fewer_images_fix(method: Method, dcfg: dict, dataset: DictConfig, have: int) -> str:
+    """A setting the user can type that needs at most `have` real images per class: the largest smaller ipc,
+    else factor 1 (RDED's mosaic of factor^2 crops per image), else more images."""
+    ipc = int(dcfg.get("ipc") or 1)
+    for smaller in range(ipc - 1, 0, -1):
+        if method.real_images({**dcfg, "ipc": smaller}, dataset) <= have:
+            return f"ipc={smaller} (or a method that needs fewer images)"
+    if "factor" in dcfg and dcfg["factor"] != 1 and method.real_images({**dcfg, "factor": 1}, dataset) <= have:
+        return "distill.factor=1 (one crop per image, no mosaic)"
+    rded = dict(dcfg.get("rded") or {})  # the RDED init of SRe2L++ / CV-DD / FADRM
+    if rded.get("factor", 1) != 1 and method.real_images({**dcfg, "rded": {**rded, "factor": 1}}, dataset) <= have:
+        return "distill.rded.factor=1 (one crop per init image, no mosaic)"
+    return f"a dataset with more than {have} training images per class (or a method that needs fewer)"
 
 
 def explicit_keys() -> set[str]:

@@ -60,6 +60,7 @@ class TrainResult:
     store: str
     analyses: dict[str, list[dict]] = field(default_factory=dict)  # probe histories (consistency, grad_sim)
     resumed: dict[str, Any] | None = None  # from which epoch, across which accepted changes (train.resume)
+    label_settings: dict[str, Any] = field(default_factory=dict)  # T, teacher mode, crops, codec: the store's
 
     def summary(self) -> dict[str, Any]:
         """The results.json fields of the training (the probes' histories at the top level)."""
@@ -166,4 +167,4 @@ def stage_train(ctx: Context, images: DistilledImages, store_path: Path, out_dir
         phase_audit={e: sorted(p) for e, p in sorted(module.epoch_paths.items())}, lr=lr, eta=eta,
         label_bytes=label_bytes, slc=store.manifest["slc"], sli=store.passes, codec=store.codec.describe(),
         label_budget=store.manifest.get("label_budget"), ipc=images.ipc, store=str(store_path),
-        analyses=analysis_results(probes), resumed=resumed)
+        analyses=analysis_results(probes), resumed=resumed, label_settings=store.settings)

@@ -17,6 +17,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from hald import dist
 from hald.data.distilled import DistilledImages
 from hald.data.replay import render_layout
 from hald.data.transforms import Transformed, eval_transform
@@ -44,6 +45,7 @@ class HALDDataModule(L.LightningDataModule):
                  num_workers: int = 0, eval_batch_size: int = 256, images_on_device: bool | str = "auto",
                  images_on_device_max_gb: float = 4.0):
         super().__init__()
+        num_workers = dist.loader_workers(num_workers, "student")
         if images_on_device not in ON_DEVICE:
             raise ValueError(f"train.images_on_device={images_on_device!r}; fix: auto, true or false")
         self.distilled, self.store, self.ds = distilled, store, dict(dataset)

@@ -23,7 +23,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import Checkpoint
 
-from hald.artifacts import naming
+from hald.artifacts import write_error
 from hald.errors import DivergedError
 from hald.seeding import seed_of
 from hald.train.identity import STATE_KEY
@@ -82,13 +82,12 @@ class LastCheckpoint(Checkpoint):
                 trainer.save_checkpoint(tmp, weights_only=False)  # every rank calls it; rank 0 writes
                 if trainer.is_global_zero:
                     os.replace(tmp, path)
-            except OSError as e:
+            except BaseException as e:
+                err = write_error(e, path)  # a full disk: torch.save's zip writer hides the OSError
                 if trainer.is_global_zero:
                     tmp.unlink(missing_ok=True)
-                raise naming(e, path) from e
-            except BaseException:
-                if trainer.is_global_zero:
-                    tmp.unlink(missing_ok=True)
+                if err is not None:
+                    raise err from e
                 raise
             trainer.strategy.barrier()
 
