@@ -2,7 +2,10 @@
 
 A table names its presets in the header (the columns after "official"); a row's `key` cell is a config key
 (`train.epochs`) or a derived value (`@sli`, `@label_bytes`, ...: `derived` below); each preset cell holds
-the value as a YAML literal in backticks. A row whose key cell is "-" is prose only."""
+the value as a YAML literal in backticks. A row whose key cell is "-" is prose only.
+
+The "official (source)" column is checked too where a reviewed record exists: tests/pipeline/official_values.py
+(repo, commit, path:line and the literal text there) against the doc, without the network."""
 from __future__ import annotations
 
 import itertools
@@ -234,3 +237,52 @@ def test_published_set_presets_train_one_step(preset, mode, tmp_path):
     assert cfg.labels.teacher_mode == mode
     out = pipeline.run(cfg)
     assert out["ipc"] == 2 and out["sli"] == 2 and 0 <= out["top1"] <= 100
+
+
+def _official_cell(table: str, setting: str) -> str:
+    """The "official (source)" cell of `setting` in the table that has a column `table`."""
+    found = [row[header.index("official (source)")] for header, rows in tables(DOC.read_text())
+             if table in preset_columns(header) and "official (source)" in header
+             for row in rows if row[0] == setting]
+    assert len(found) == 1, f"docs/fidelity.md: {len(found)} rows '{setting}' in the table of {table}"
+    return found[0]
+
+
+def _covers(cite: str, line: int) -> bool:
+    """`cite` = 'path:12' / 'path:12-14' / 'path:3, 12-14 ...': does one of its numbers or ranges hold `line`?"""
+    spans = re.findall(r"(\d+)(?:-(\d+))?", cite.partition(":")[2])
+    return any(int(a) <= line <= int(b or a) for a, b in spans)
+
+
+def _states(cell: str, value: str) -> bool:
+    """Does the cell state `value` as a whole token outside its parenthesised sources ('16 (train.sh:16)' states
+    16; '32 (train.sh:16)' does not)?"""
+    while True:
+        bare = re.sub(r"\([^()]*\)", " ", cell)
+        if bare == cell:
+            break
+        cell = bare
+    return re.search(r"(?<![\w.])" + re.escape(value) + r"(?![\w.])", cell) is not None
+
+
+def test_the_official_column_is_the_reviewed_record():
+    """The "official" column against tests/pipeline/official_values.py: each recorded value of the official code
+    (repo, commit, path:line and the literal text there, checked by hand against the commit) is in its row's
+    official cell with a citation of that line, and the commit is one the page names as read. No network."""
+    from official_values import RECORDS
+
+    text = DOC.read_text()
+    header = text.split("## Deviations", 1)[0]
+    wrong = []
+    for r in RECORDS:
+        assert r.commit in header, f"{r.repo} @ {r.commit} is not among the commits docs/fidelity.md names"
+        cite_path = r.cite.partition(":")[0]
+        assert r.path.endswith(cite_path) and _covers(r.cite, r.line), f"record {r}: its cite misses its line"
+        cell = _official_cell(r.table, r.setting)
+        if not _states(cell, r.value):
+            wrong.append(f"{r.table} / {r.setting}: official cell lacks {r.value!r} ({r.repo} {r.path}:{r.line} "
+                         f"'{r.text}')")
+        if r.cite not in cell:
+            wrong.append(f"{r.table} / {r.setting}: official cell lacks the citation {r.cite!r} of {r.path}:{r.line}")
+    assert len(RECORDS) >= 40
+    assert not wrong, "docs/fidelity.md differs from the reviewed official values:\n  " + "\n  ".join(wrong)

@@ -11,9 +11,9 @@ keep their initial mosaic), the CV-DD prior runs' ipc / passes / epochs, real im
 data, and loader workers (0: this machine has 2 cores). Never the shape: all 10 / 100 / 200 / 1,000 classes in
 every label row, the real resolution and layout, the paper's models, batch sizes, T, codecs, teacher modes and
 schedules.
-Two options differ and are named in the table: cvdd_in1k takes CV-DD's published priors
-(distill/priors=cvdd_v1_in1k; its measured priors, one SRe2L++ set and one student per pool teacher, are
-rehearsed at Tiny scale by cvdd_tiny), and the IN-1K presets after hald_in1k_slc50 turn the crop-consistency
+Two options differ and are named in the table: cvdd_in1k and cvdd_in1k_head take CV-DD's published priors
+(distill/priors=cvdd_v1_in1k / cvdd_head_in1k; their measured priors, one SRe2L++ set and one student per pool
+teacher, are rehearsed at Tiny scale by cvdd_tiny), and the IN-1K presets after hald_in1k_slc50 turn the crop-consistency
 probe off (an analysis that does not change training).
 """
 from __future__ import annotations
@@ -99,6 +99,10 @@ PRESETS = [
     Preset("cvdd_in1k", "in1k", ("distill.rded.mipc=4", "distill.rded.num_crops=1", *RECOVER,
                                  "distill/priors=cvdd_v1_in1k", NO_PROBE),
            notes=("priors: CV-DD's published values (distill/priors=cvdd_v1_in1k); measured priors are "
+                  "rehearsed by cvdd_tiny", PROBE_NOTE)),
+    Preset("cvdd_in1k_head", "in1k", ("distill.rded.mipc=4", "distill.rded.num_crops=1", *RECOVER,
+                                      "distill/priors=cvdd_head_in1k", NO_PROBE),
+           notes=("priors: CV-DD's published HEAD values (distill/priors=cvdd_head_in1k); measured priors are "
                   "rehearsed by cvdd_tiny", PROBE_NOTE)),
     Preset("hald_in1k_fadrm_folder", "in1k", (NO_PROBE,), published=True, notes=(PROBE_NOTE,)),
     Preset("fadrm_plus_tiny", "tiny", fadrm(4, "small")),
