@@ -30,17 +30,17 @@ RANGES = {
                      "devices", "cpu_threads", "units_run", "log_every", "lvsd_crops", "consistency_pairs",
                      "checkpoint_every", "soft_batch_size", "hard_batch_size", "micro_batch_size",
                      "eval_batch_size", "channels", "input_size", "num_classes", "test_resize", "train_per_class",
-                     "block", "bssl_group_size", "max_steps", "budgets", "input_sizes", "groups_per_forward"), COUNT),
-    **dict.fromkeys(("num_workers", "eval_every", "grad_sim_every", "weight_decay", "r_bn", "first_bn_multiplier",
-                     "cutmix_alpha", "warmup_epochs", "pad"), NONNEG),
+                     "block", "bssl_group_size", "step_size", "max_steps", "budgets", "input_sizes", "groups_per_forward"), COUNT),
+    **dict.fromkeys(("num_workers", "eval_every", "eval_offset", "grad_sim_every", "weight_decay", "r_bn", "first_bn_multiplier",
+                     "cutmix_alpha", "warmup_epochs", "pad", "offset", "every"), NONNEG),
     **dict.fromkeys(("lr", "eta", "default_lr", "default_eta", "temperature", "std", "images_on_device_max_gb",
-                     "crop_ratio"), POS),
+                     "crop_ratio", "gamma", "lr_grid", "real_lr"), POS),
     **dict.fromkeys(("flip_p", "label_smoothing", "soft_fraction", "alpha", "shift", "cutout", "weight",
-                     "warmup_decay", "crop_scale"), UNIT),
+                     "warmup_decay", "crop_scale", "ars_gamma"), UNIT),
     **dict.fromkeys(("momentum", "betas"), "[0,1)"),
     "top1": "[0,100]",
 }
-FREE = ("seed", "split_seed", "seeds", "mean", "scores", "priors")  # any value is valid (seeds, data statistics)
+FREE = ("seed", "split_seed", "seeds", "mean", "scores", "priors", "std_ddof")  # any value (std_ddof: 0 or 1, checked by its group)
 
 
 def in_range(value: Any, spec: str) -> bool:

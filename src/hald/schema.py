@@ -134,6 +134,7 @@ class TrainConfig:
     hard_batch_size: int = 16
     micro_batch_size: Optional[int] = None
     eval_every: int = 0
+    eval_offset: int = 0
     eval_phase_ends: bool = True
     eval_batch_size: int = 500
     checkpoint_every: int = 1
@@ -182,6 +183,11 @@ class HardLossConfig:
 
 @dataclass
 class OptimizerConfig:
+    name: str = "adamw"
+    momentum: float = 0.9
+    lr_schedule: str = "cosine"
+    step_size: Optional[int] = None
+    gamma: float = 0.1
     lr: Any = "auto"
     eta: Any = "auto"
     default_lr: float = 0.001
@@ -192,6 +198,8 @@ class OptimizerConfig:
 
     def __post_init__(self) -> None:
         one_of("optimizer", "on_phase_switch", self.on_phase_switch, ("keep", "reset"))
+        one_of("optimizer", "name", self.name, ("adamw", "sgd"))
+        one_of("optimizer", "lr_schedule", self.lr_schedule, ("cosine", "step"))
         for key in ("lr", "eta"):
             v = getattr(self, key)
             if v != "auto" and (isinstance(v, bool) or not isinstance(v, (int, float)) or v <= 0):
@@ -213,11 +221,50 @@ class FairRealConfig:
 
 
 @dataclass
+class ProtocolConfig:
+    """conf/evaluate/protocol/*.yaml (hald/evaluate/protocols.py)."""
+    name: str = "hald"
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
+    std_ddof: int = 1
+    accuracy: str = "final"
+    every: int = 0
+    offset: int = 0
+    include_last: bool = True
+    lr_grid: List[float] = field(default_factory=list)
+    search: List[str] = field(default_factory=list)
+    optimizer: Dict[str, Any] = field(default_factory=dict)
+    hard_augment: bool = True
+    real: str = "trained"
+    real_lr: Optional[float] = None
+    batch_size: Optional[int] = None
+    ars: bool = False
+    ars_gamma: float = 0.5
+
+    def __post_init__(self) -> None:
+        one_of("evaluate.protocol", "accuracy", self.accuracy, ("final", "best_every"))
+        one_of("evaluate.protocol", "std_ddof", self.std_ddof, (0, 1))
+        one_of("evaluate.protocol", "real", self.real, ("trained", "cached"))
+        if not self.seeds:
+            raise ConfigError("evaluate.protocol.seeds=[]; fix: at least one seed, e.g. [0, 1, 2]")
+        if self.accuracy == "best_every" and self.every < 1:
+            raise ConfigError(f"evaluate.protocol.every={self.every} with accuracy=best_every; fix: "
+                              f"evaluate.protocol.every=10 (or accuracy=final)")
+        roles = ("syn_hard", "syn_recipe", "random_recipe", "real_hard", "syn_noaug", "random_noaug")
+        for role in self.search:
+            one_of("evaluate.protocol", "search", role, roles)
+        unknown = set(self.optimizer) - {"name", "momentum", "weight_decay", "lr_schedule", "step_size", "gamma",
+                                         "betas", "eta"}
+        if unknown:
+            raise ConfigError(f"evaluate.protocol.optimizer has {sorted(unknown)}; fix: keys of `optimizer` only "
+                              f"(name, momentum, weight_decay, lr_schedule, step_size, gamma, betas, eta)")
+
+
+@dataclass
 class EvaluateConfig:
     fair: bool = False
     lvsd: bool = False
     lvsd_crops: int = 64
-    seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
+    protocol: ProtocolConfig = field(default_factory=ProtocolConfig)
     weight: float = 0.5
     hard: FairHardConfig = field(default_factory=FairHardConfig)
     real: FairRealConfig = field(default_factory=FairRealConfig)

@@ -211,7 +211,7 @@ def test_report_on_a_fake_multirun(tmp_path):
 # -- evaluate=fair end to end ---------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_evaluate_fair_reports_lrs_and_reuses_its_trainings(fast_cfg, caplog):
-    cfg = fast_cfg("evaluate=fair", "evaluate.seeds=[0,1]", "evaluate.real.epochs=1", "evaluate.hard.epochs=2",
+    cfg = fast_cfg("evaluate=fair", "evaluate.protocol.seeds=[0,1]", "evaluate.real.epochs=1", "evaluate.hard.epochs=2",
                    "train.crop_consistency=false")
     out = pipeline.run(cfg)
     fair = out["fair"]

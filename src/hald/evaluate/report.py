@@ -17,6 +17,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from hald.evaluate.protocols import comparable
+
 
 def collect(roots: list[Path]) -> list[dict[str, Any]]:
     runs = []
@@ -28,9 +30,32 @@ def collect(roots: list[Path]) -> list[dict[str, Any]]:
     return runs
 
 
+def check_protocols(runs: list[dict[str, Any]], mixed: bool = False) -> list[str]:
+    """The protocol names of the runs' cards; a one-line refusal when numbers measured under different cards
+    would share a column (unless `mixed`: then the tables get a protocol column). Runs from before cards
+    existed count as one card, 'unrecorded'."""
+    cards: dict[tuple, list[dict]] = {}
+    for r in runs:
+        cards.setdefault(comparable(r["result"].get("protocol")), []).append(r)
+    names = [(rs[0]["result"].get("protocol") or {}).get("name", "unrecorded") for rs in cards.values()]
+    if len(cards) > 1 and not mixed:
+        shown = "; ".join(f"{n} ({len(rs)} run(s), e.g. {rs[0]['dir']})" for n, rs in zip(names, cards.values()))
+        raise SystemExit(f"report: these runs were measured under different evaluation protocols ({shown}): their "
+                         f"numbers cannot share a column; fix: report each protocol's runs separately, or pass "
+                         f"--mixed-protocols to tabulate them with a protocol column")
+    return names
+
+
+def protocol_of(run: dict[str, Any]) -> str:
+    card = run["result"].get("protocol") or {}
+    return f"{card.get('name', 'unrecorded')}" + (f" ({card['accuracy']})" if card.get("accuracy") else "")
+
+
 def value(run: dict[str, Any], key: str) -> Any:
     if key == "schedule":
         return OmegaConf.select(run["cfg"], "schedule.preset")
+    if key == "protocol":
+        return protocol_of(run)
     return OmegaConf.select(run["cfg"], key)
 
 
@@ -44,7 +69,8 @@ def fmt(xs: list[float]) -> str:
 def table(runs: list[dict[str, Any]], by: list[str], extra: tuple[str, ...] = ()) -> str:
     """One row per distinct value of the `by` config keys; `extra` adds result fields (first run's value)."""
     groups = groups_of(runs, by)
-    head = [*by, *extra, "seeds", "top-1 (final)", "top-5 (final)", "top-1 at phase ends (mean)", "label bytes"]
+    head = [*by, *extra, "seeds", "top-1 (final)", "top-5 (final)", "top-1 (protocol's rule)",
+            "top-1 at phase ends (mean)", "label bytes"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, rs in groups.items():
         ends: dict[int, list[float]] = {}
@@ -55,6 +81,8 @@ def table(runs: list[dict[str, Any]], by: list[str], extra: tuple[str, ...] = ()
         lines.append("| " + " | ".join([*(str(k) for k in key), *(str(rs[0]["result"].get(x)) for x in extra),
                                         str(len(rs)),
                                         fmt([r["result"]["top1"] for r in rs]), fmt([r["result"]["top5"] for r in rs]),
+                                        fmt([r["result"]["top1_protocol"]["top1"] for r in rs
+                                             if r["result"].get("top1_protocol")]),
                                         trace, str(rs[0]["result"]["label_bytes"])]) + " |")
     return "\n".join(lines)
 
@@ -71,11 +99,13 @@ def fair_table(runs: list[dict[str, Any]], by: list[str]) -> str | None:
     rows = [r for r in runs if r["result"].get("fair")]
     if not rows:
         return None
-    head = [*by, "seeds", "HLR", "IOR", "LRS", "real hard", "distilled hard", "distilled recipe", "random recipe"]
+    head = [*by, "seeds", "HLR", "IOR", "LRS", "ARS", "real hard", "distilled hard", "distilled recipe",
+            "random recipe"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for key, rs in groups_of(rows, by).items():
         f = rs[0]["result"]["fair"]  # one fair evaluation per run; the first run of the group
-        cell = [f"{f['mean'][k]:.4f} ± {f['std'][k]:.4f}" for k in ("hlr", "ior", "lrs")]
+        cell = [f"{f['mean'][k]:.4f} ± {f['std'][k]:.4f}" if k in f["mean"] else "-"
+                for k in ("hlr", "ior", "lrs", "ars")]
         cell += [f"{100 * f['mean'][k]:.2f}" for k in ("real_hard", "syn_hard", "syn_recipe", "random_recipe")]
         lines.append("| " + " | ".join([*(str(k) for k in key), str(len(f["seeds"])), *cell]) + " |")
     return "\n".join(lines)
@@ -159,7 +189,7 @@ def distilled_grid(run: dict[str, Any], path: Path, per_class: int = 10) -> Path
     return path
 
 
-def write_report(root: Path, by: list[str] | None = None, wandb_run: Any = None) -> Path:
+def write_report(root: Path, by: list[str] | None = None, wandb_run: Any = None, mixed: bool = False) -> Path:
     """ROOT/report/report.md and its PNGs for a run or multirun directory; the same tables and images go to
     `wandb_run` when one is given."""
     from hald.evaluate import plots
@@ -169,6 +199,9 @@ def write_report(root: Path, by: list[str] | None = None, wandb_run: Any = None)
     if not runs:
         raise SystemExit(f"no results.json under {root}")
     by = by or ["schedule", "slc"]
+    protocols = check_protocols(runs, mixed)
+    if len(protocols) > 1 and "protocol" not in by:
+        by = ["protocol", *by]
     out = root / "report"
     out.mkdir(exist_ok=True)
     tables = {"accuracy": table(runs, by)}
@@ -198,7 +231,7 @@ def write_report(root: Path, by: list[str] | None = None, wandb_run: Any = None)
             name = r["dir"].name if r["dir"] != root else "run"
             images[f"LVSD: {name}"] = plots.lvsd_slope(json.loads((r["dir"] / "lvsd.json").read_text()),
                                                        out / f"lvsd_{name}.png", f"LVSD ({name})")
-    for name, make in (("fair evaluation (DD-Ranking)", fair_table), ("crop consistency", consistency_table)):
+    for name, make in (("fair evaluation (DD-Ranking's metrics; protocol in the title line)", fair_table), ("crop consistency", consistency_table)):
         t = make(runs, by)
         if t:
             tables[name] = t
@@ -208,7 +241,8 @@ def write_report(root: Path, by: list[str] | None = None, wandb_run: Any = None)
     if grid is not None:
         images["distilled images"] = grid
 
-    md = [f"# hald report: {root}", "", f"{len(runs)} run(s); groups by {', '.join(by)}; mean ± std over seeds.", ""]
+    md = [f"# hald report: {root}", "", f"{len(runs)} run(s); groups by {', '.join(by)}; mean ± std over seeds; "
+                                       f"evaluation protocol: {', '.join(protocols)}.", ""]
     for name, t in tables.items():
         md += [f"## {name}", "", t, ""]
     for name, p in images.items():
@@ -252,16 +286,19 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--by", nargs="+", default=["schedule", "slc"], help="config keys that make a table row")
     ap.add_argument("--print", action="store_true", help="print the table only (no files)")
     ap.add_argument("--wandb", action="store_true", help="also log the tables and images to W&B")
+    ap.add_argument("--mixed-protocols", action="store_true",
+                    help="tabulate runs measured under different evaluation protocols (with a protocol column)")
     args = ap.parse_args(argv)
     if args.print:
         runs = collect(args.dirs)
         if not runs:
             raise SystemExit(f"no results.json under {[str(r) for r in args.dirs]}")
-        print(table(runs, args.by))
+        mixed = len(check_protocols(runs, args.mixed_protocols)) > 1
+        print(table(runs, ["protocol", *args.by] if mixed and "protocol" not in args.by else args.by))
         return
     for d in args.dirs:
         run = wandb_run(args.wandb, f"report-{d.name}")
-        print(f"report: {write_report(d, args.by, run)}")
+        print(f"report: {write_report(d, args.by, run, args.mixed_protocols)}")
         if run is not None:
             run.finish()
 

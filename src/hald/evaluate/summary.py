@@ -37,6 +37,9 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
         ("student", f"{s['student']} on {s['distill']} images (ipc={s['ipc']})"
                     f"{'  [images reused]' if s['images_reused'] else ''}"),
         ("student top-1 / top-5 (test, final epoch)", f"{s['top1']:.2f}% / {s['top5']:.2f}%"),
+        *([(f"student top-1 under the {c['name']} protocol", f"{s['top1_protocol']['top1']:.2f}% "
+            f"({s['top1_protocol']['rule']}, epoch {s['top1_protocol']['epoch']})")]
+          if (c := s.get("protocol")) and s.get("top1_protocol") else []),
         ("student best top-1 (logged at eval epochs)", f"{s['top1_best']:.2f}%" if s["top1_best"] is not None else "-"),
         *([(f"student best top-1 of the evaluations every {b['every']} epochs (the papers' metric)",
             f"{b['top1']:.2f}% at epoch {b['epoch']} (of {b['evaluations']} evaluations)")]
@@ -61,7 +64,7 @@ def label_settings_row(ls: dict[str, Any]) -> str:
     mode = ls.get("teacher_mode")
     if mode == "bssl" and ls.get("bssl_group_size"):
         mode = f"bssl (groups of {ls['bssl_group_size']})"
-    teachers = f" [{'+'.join(ls['teachers'])}]" if ls.get("teachers") else ""
+    teachers = f" ({'+'.join(ls['teachers'])})" if ls.get("teachers") else ""  # not [..]: rich markup
     mixing = f"cutmix {mix.get('alpha')}" if mix.get("type") == "cutmix" else "no mix"
     return (f"T={ls.get('temperature'):g}, teacher {mode}{teachers}, batch {ls.get('batch_size')}, crop "
             f"{crop.get('size')} px scale {crop.get('scale')} ratio {_ratio(crop.get('ratio'))}, flip "
@@ -72,16 +75,25 @@ def _ratio(r: Any) -> str:
     return "[" + ", ".join(f"{float(v):.3g}" for v in r) + "]" if r else "-"
 
 
+def protocol_row(c: dict[str, Any]) -> str:
+    lr = f"LR grid {c['lr']} for {', '.join(c['lr_searched_for'])}" if isinstance(c["lr"], list) else f"lr {c['lr']:g}"
+    real = c["real"] if isinstance(c["real"], str) else f"real {c['real']['top1']}% ({c['real']['source']})"
+    return (f"{c['name']}: {c['accuracy']}; seeds {c['seeds']}, std {c['std']}; {lr}; optimizer "
+            f"{c['optimizer']}; hard labels on {c['hard_labels']}; {real}; scores in {c['units']}")
+
+
 def analysis_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
     """Rows of the optional analyses: crop consistency, fair metrics, LVSD."""
-    rows = []
+    rows = [("evaluation protocol (card)", protocol_row(s["protocol"]))] if s.get("protocol") else []
     if s.get("consistency"):
         rows.append(("crop consistency at phase ends (JS / cos)",
                      "  ".join(f"e{c['epoch']}:{c['phase']} {c['js']:.3f}/{c['cos']:.3f}" for c in s["consistency"])))
     if s.get("fair"):
         m, sd = s["fair"]["mean"], s["fair"]["std"]
-        rows.append((f"fair (DD-Ranking, {len(s['fair']['seeds'])} seeds): HLR / IOR / LRS",
-                     "  ".join(f"{k.upper()} {m[k]:.4f} ± {sd[k]:.4f}" for k in ("hlr", "ior", "lrs"))))
+        names = ("hlr", "ior", "lrs", *(("ars",) if "ars" in m else ()))
+        rows.append((f"fair ({s['fair'].get('protocol', 'hald')} protocol, {len(s['fair']['seeds'])} seeds): "
+                     f"{' / '.join(k.upper() for k in names)}",
+                     "  ".join(f"{k.upper()} {m[k]:.4f} ± {sd[k]:.4f}" for k in names)))
     if s.get("lvsd"):
         v = s["lvsd"]
         rows.append(("LVSD: mean Tr(Sigma) / drift Tr/SLI / slope",

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 
 from hald import artifacts, dist
 from hald.plugins import load_plugins
+from hald.evaluate.protocols import Protocol
 from hald.evaluate.summary import print_summary
 from hald.pipeline.cache import Context
 from hald.pipeline.evaluate import stage_evaluate
@@ -49,6 +50,7 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
     result = stage_train(ctx, made.images, made.store, out_dir, preview=preview, lineage=lineage)
     extra = stage_evaluate(ctx, teachers, made, result, out_dir)
     summary = {
+        "protocol": protocol_card(cfg, result, extra.get("fair")),
         "dataset": cfg.dataset.name, "student": cfg.model.name, "teachers": [t.summary() for t in teachers],
         "distill": cfg.distill.method, "images": str(made.image_dir), "images_reused": made.images_reused,
         "labels_reused": made.store_reused, "timings_s": {k: round(v, 1) for k, v in ctx.timings.items()},
@@ -59,6 +61,13 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
         print_summary(summary)
         log_run_end(summary)
     return summary
+
+
+def protocol_card(cfg: DictConfig, result: Any, fair: dict[str, Any] | None) -> dict[str, Any]:
+    """What the run's numbers were measured under (evaluate/protocols.py); the real-data accuracy behind HLR
+    when fair metrics ran."""
+    real = {"top1": round(100 * fair["mean"]["real_hard"], 2), "source": fair["real"]} if fair else None
+    return Protocol.of(cfg.evaluate.protocol).card(cfg, result.lr, real)
 
 
 def output_dir(cfg: DictConfig) -> Path:

@@ -50,13 +50,14 @@ def trained(ctx: Context, stage: str, cfg: DictConfig, made: Made, describe: dic
     (default: the test split)."""
     images, store_path = made.images, made.store
     training = training_identity(cfg)
-    key = artifacts.key_of(images.sha256, store_path.name, training)
+    key = artifacts.key_of(images.sha256, store_path.name, training, describe)  # describe: e.g. the evaluations
 
     def build(tmp: Path) -> dict[str, Any]:
         source, measured = eval_source() if eval_source else (None, {"measured_on": "test"})
         with tempfile.TemporaryDirectory(dir=tmp.parent, prefix=f".{stage}-student.") as run_dir:
             res = stage_train(Context(cfg, ctx.cache), images, store_path, Path(run_dir), eval_source=source)
-        return {**describe, **measured, "top1": res.top1, "top5": res.top5, "label_bytes": res.label_bytes}
+        return {**describe, **measured, "top1": res.top1, "top5": res.top5, "label_bytes": res.label_bytes,
+                "eval_log": res.eval_log}
 
     art = cached(ctx, stage, key, {**describe, "training": training}, {"images": made.image_key,
                                                                         "labels": store_path.name}, build)

@@ -23,7 +23,7 @@ def stage_evaluate(ctx: Context, teachers: list[Teacher], made: Made, result: Tr
     ev = ctx.cfg.get("evaluate") or {}
     extra: dict[str, Any] = {}
     if ev.get("fair"):
-        extra["fair"] = evaluate_fair(ctx, teachers, made, result.top1)
+        extra["fair"] = evaluate_fair(ctx, teachers, made, {"top1": result.top1_protocol["top1"], "lr": result.lr})
     if ev.get("lvsd"):
         committee = relabel_committee(ctx.cfg, teachers)
         committee.mode = "eval"  # a per-image crop distribution: BSSL labels also depend on the batch

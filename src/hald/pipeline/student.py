@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hald.console import progress_callbacks
 from hald.data.distilled import DistilledImages
+from hald.evaluate.protocols import Protocol
 from hald.evaluate.summary import best_every
 from hald.data.sources import build_source
 from hald.labels.store import open_store_for, store_bytes
@@ -61,6 +62,7 @@ class TrainResult:
     analyses: dict[str, list[dict]] = field(default_factory=dict)  # probe histories (consistency, grad_sim)
     resumed: dict[str, Any] | None = None  # from which epoch, across which accepted changes (train.resume)
     label_settings: dict[str, Any] = field(default_factory=dict)  # T, teacher mode, crops, codec: the store's
+    top1_protocol: dict[str, Any] = field(default_factory=dict)  # the accuracy under evaluate.protocol's rule
 
     def summary(self) -> dict[str, Any]:
         """The results.json fields of the training (the probes' histories at the top level)."""
@@ -128,8 +130,10 @@ def stage_train(ctx: Context, images: DistilledImages, store_path: Path, out_dir
     loggers = build_loggers(cfg, out_dir, resuming=resume is not None, done_epoch=done_epoch)
     log_run_start(loggers, cfg, out_dir, {**(lineage or {}), "labels": store_path.name})
     probes = analysis_callbacks(cfg, images, dm.phases, schedule)  # crop consistency, gradient similarity
+    protocol = Protocol.of(cfg.evaluate.protocol)  # its accuracy rule adds the evaluations it reads
     callbacks = [PhaseScheduler(schedule, cfg.optimizer.on_phase_switch, int(cfg.train.eval_every),
-                                bool(cfg.train.eval_phase_ends)),
+                                bool(cfg.train.eval_phase_ends), int(cfg.train.eval_offset),
+                                protocol.check_epochs(schedule.total_epochs)),
                  LastCheckpoint(last_ckpt, int(cfg.train.checkpoint_every)),  # atomic, every N epochs and the last
                  StepSeed(int(cfg.seed)), RunState(identity), FiniteLoss(), *probes,
                  *progress_callbacks(bool(cfg.trainer.get("enable_progress_bar", True)), "student")] + (
@@ -167,4 +171,5 @@ def stage_train(ctx: Context, images: DistilledImages, store_path: Path, out_dir
         phase_audit={e: sorted(p) for e, p in sorted(module.epoch_paths.items())}, lr=lr, eta=eta,
         label_bytes=label_bytes, slc=store.manifest["slc"], sli=store.passes, codec=store.codec.describe(),
         label_budget=store.manifest.get("label_budget"), ipc=images.ipc, store=str(store_path),
-        analyses=analysis_results(probes), resumed=resumed, label_settings=store.settings)
+        analyses=analysis_results(probes), resumed=resumed, label_settings=store.settings,
+        top1_protocol=protocol.top1(module.eval_log, float(test["test/top1"]), schedule.total_epochs))

@@ -151,5 +151,7 @@ def log_run_end(summary: dict[str, Any]) -> None:
         "timings_s": summary["timings_s"],
         "phase_ends": {f"e{e['epoch']}:{e['phase']}": e["top1"] for e in summary["eval_log"]},
         **({"fair": summary["fair"]["mean"]} if summary.get("fair") else {}),
+        **({"protocol": summary["protocol"], "top1_protocol": summary["top1_protocol"]["top1"]}
+           if summary.get("protocol") else {}),
     })
     wandb.run.log({"summary": wandb.Table(columns=["what", "value"], data=[list(r) for r in summary_rows(summary)])})

@@ -27,11 +27,12 @@ class PhaseScheduler(L.Callback):
     """
 
     def __init__(self, schedule: Schedule, on_phase_switch: str = "reset", eval_every: int = 0,
-                 eval_phase_ends: bool = True):
+                 eval_phase_ends: bool = True, eval_offset: int = 0, also_eval: Sequence[int] = ()):
         if on_phase_switch not in ON_SWITCH:
             raise ValueError(f"optimizer.on_phase_switch={on_phase_switch!r}; fix: one of {ON_SWITCH}")
         self.schedule, self.on_phase_switch = schedule, on_phase_switch
-        self.evaluated = set(schedule.eval_epochs(eval_every, eval_phase_ends))
+        # also_eval: the evaluation protocol's checks (evaluate/protocols.py): evaluating changes no training
+        self.evaluated = set(schedule.eval_epochs(eval_every, eval_phase_ends, eval_offset)) | set(also_eval)
 
     def eval_epoch(self, epoch: int) -> bool:
         return epoch in self.evaluated

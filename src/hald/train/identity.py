@@ -68,9 +68,19 @@ def saved_identity(ckpt: Path) -> dict[str, Any] | None:
     return state.get("identity")
 
 
+# Keys added by a later hald, with the value that gives the behaviour from before they existed: a checkpoint
+# that lacks one trained with that value, so finding it there is no change.
+ADDED = {"optimizer.name": "adamw", "optimizer.momentum": 0.9, "optimizer.lr_schedule": "cosine",
+         "optimizer.step_size": None, "optimizer.gamma": 0.1, "train.eval_offset": 0}
+
+
 def changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:
-    """{key: (old value, new value)} for every key that differs (a key one side lacks: None there)."""
-    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+    """{key: (old value, new value)} for every key that differs (a key one side lacks: None there, or its
+    `ADDED` value when it is a key added since)."""
+    def was(k: str) -> Any:
+        return old[k] if k in old else ADDED.get(k)
+
+    return {k: (was(k), new.get(k)) for k in sorted(set(old) | set(new)) if was(k) != new.get(k)}
 
 
 def _short(v: Any) -> str:

@@ -20,10 +20,17 @@ def cosine_eta(epoch: int, total: int, eta: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(epoch, total) / (total * eta)))
 
 
+def step_factor(epoch: int, total: int, step_size: int | None, gamma: float) -> float:
+    """StepLR's factor gamma^(e // step_size); step_size None = total // 2 + 1 (DD-Ranking's earlier copy,
+    dd_ranking/utils/train_and_eval.py: its 0.2.0 asserts that a step size is given)."""
+    return float(gamma) ** (epoch // int(step_size or total // 2 + 1))
+
+
 class StudentModule(L.LightningModule):
     def __init__(self, net: nn.Module, num_classes: int, schedule: Schedule, phases: Mapping[str, Phase], lr: float,
                  eta: float = 2.0, weight_decay: float = 0.01, betas=(0.9, 0.999),
-                 micro_batch_size: int | None = None):
+                 micro_batch_size: int | None = None, optimizer: str = "adamw", momentum: float = 0.9,
+                 lr_schedule: str = "cosine", step_size: int | None = None, gamma: float = 0.1):
         super().__init__()
         self.save_hyperparameters(ignore=["net", "schedule", "phases"])
         self.net, self.schedule, self.phases = net, schedule, dict(phases)
@@ -71,12 +78,20 @@ class StudentModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        # Weight decay on >=2-D weights only: biases and norm affines are not decayed (timm's grouping).
-        groups = param_groups_weight_decay(self.net, weight_decay=hp.weight_decay)
-        opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
-        total = self.schedule.total_epochs
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: cosine_eta(e, total, hp.eta))
+        if hp.get("optimizer", "adamw") == "sgd":  # DD-Ranking's default: weight decay on every parameter
+            opt = torch.optim.SGD(self.net.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay)
+        else:  # weight decay on >=2-D weights only: biases and norm affines are not decayed (timm's grouping)
+            groups = param_groups_weight_decay(self.net, weight_decay=hp.weight_decay)
+            opt = torch.optim.AdamW(groups, lr=hp.lr, betas=tuple(hp.betas))
+        # Both schedules as a per-epoch LambdaLR: resume realigns it to the epoch (train/resume.StepSeed)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda e: self.lr_factor(e))  # a lambda: not pickled
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    def lr_factor(self, epoch: int) -> float:
+        hp, total = self.hparams, self.schedule.total_epochs
+        if hp.get("lr_schedule", "cosine") == "step":  # StepLR: x gamma every step_size epochs
+            return step_factor(epoch, total, hp.get("step_size"), hp.get("gamma", 0.1))
+        return cosine_eta(epoch, total, hp.eta)
 
     # -- evaluation on the real test split -------------------------------------------------------------------
     def _update(self, batch, top1: MulticlassAccuracy, top5: MulticlassAccuracy) -> None:

@@ -61,13 +61,14 @@ class Schedule:
         """How many epochs of `phase` precede `epoch` (indexes the soft-batch pool)."""
         return sum(self.phase_at(e) == phase for e in range(epoch))
 
-    def eval_epochs(self, every: int = 0, phase_ends: bool = True) -> list[int]:
+    def eval_epochs(self, every: int = 0, phase_ends: bool = True, offset: int = 0) -> list[int]:
         """The epochs validated during training: the last epoch, the last epoch of every phase (phase_ends),
-        and epochs 0, every, 2 every, ... (every > 0; the papers' epochs). The callback and the cost
-        estimator both read this."""
+        and epochs offset, offset + every, ... (every > 0; the papers': offset 0 = epochs 0, 10, ...;
+        DD-Ranking's: offset every - 1 = after 20, 40, ... epochs). The callback and the cost estimator both
+        read this."""
         last = self.total_epochs - 1
         ends = {e - 1 for e in self.switches()} if phase_ends else set()
-        regular = set(range(0, self.total_epochs, every)) if every > 0 else set()
+        regular = set(range(offset, self.total_epochs, every)) if every > 0 else set()
         return sorted({last} | ends | regular)
 
     def phase_ends(self) -> list[int]:

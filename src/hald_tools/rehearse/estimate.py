@@ -88,7 +88,8 @@ def _schedule(cfg: DictConfig, epochs: int, passes: int, preset: str | None = No
 def _evaluations(cfg: DictConfig, epochs: int, passes: int, preset: str | None = None) -> int:
     """Test evaluations during training: the epochs the phase callback validates (Schedule.eval_epochs)."""
     sched = _schedule(cfg, epochs, passes, preset)
-    return len(sched.eval_epochs(int(cfg.train.get("eval_every") or 0), bool(cfg.train.get("eval_phase_ends", True))))
+    return len(sched.eval_epochs(int(cfg.train.get("eval_every") or 0), bool(cfg.train.get("eval_phase_ends", True)),
+                                 int(cfg.train.get("eval_offset") or 0)))
 
 
 def _tested(cfg: DictConfig, n_test: int, key: str) -> int:
