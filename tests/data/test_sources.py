@@ -17,7 +17,7 @@ from hald.data.sources import (SOURCES, FileSource, ImageSource, SourceError, bu
                                class_names, mnist5k)
 
 CONF = Path(__file__).resolve().parents[2] / "conf" / "dataset"
-DATASETS = ("mnist5k", "cifar10", "cifar100", "tiny_imagenet", "imagenette", "imagenet1k", "imagefolder")
+DATASETS = ("mnist5k", "cifar10", "cifar100", "tiny_imagenet", "imagenette", "imagewoof", "imagenet1k", "imagefolder")
 REQUIRED_KEYS = ("name", "root", "download", "num_classes", "channels", "input_size", "mean", "std", "test_resize")
 
 
@@ -185,7 +185,8 @@ def test_yaml_has_required_keys(name):
 def test_yaml_values():
     expected = {  # name: (num_classes, channels, input_size, test_resize)
         "mnist5k": (10, 1, 28, None), "cifar10": (10, 3, 32, None), "cifar100": (100, 3, 32, None),
-        "tiny_imagenet": (200, 3, 64, None), "imagenette": (10, 3, 224, 256), "imagenet1k": (1000, 3, 224, 256),
+        "tiny_imagenet": (200, 3, 64, None), "imagenette": (10, 3, 224, 256), "imagewoof": (10, 3, 224, 256),
+        "imagenet1k": (1000, 3, 224, 256),
         "imagefolder": (None, 3, 224, 256),
     }
     for name, values in expected.items():
@@ -325,7 +326,7 @@ def test_tiny_imagenet(tmp_path):
         assert image.dtype == torch.uint8 and image.shape == (3, 8, 8) and label == source.targets[i]
 
 
-@pytest.mark.parametrize("name", ["imagenette", "imagenet1k"])
+@pytest.mark.parametrize("name", ["imagenette", "imagewoof", "imagenet1k"])
 def test_wnid_folders(tmp_path, name):
     root = make_class_folders(tmp_path / name)
     cfg = dataset_cfg(name, root=str(root), num_classes=3)
@@ -419,7 +420,7 @@ def add_annotation(root: Path, line: str) -> Path:
     return notes
 
 
-for _name in ("cifar10", "cifar100", "tiny_imagenet", "imagenette", "imagenet1k", "imagefolder"):
+for _name in ("cifar10", "cifar100", "tiny_imagenet", "imagenette", "imagewoof", "imagenet1k", "imagefolder"):
     error_case(f"root-null-{_name}")(lambda tmp_path, name=_name: (dataset_cfg(name), ["dataset.root"]))
 
 

@@ -40,7 +40,7 @@ FAMILIES = {
     "in1k": Family("imagenet1k", 1000, (1_281_167, 50_000)),
     "cifar100": Family("cifar100", 100, (50_000, 10_000)),
     "nette": Family("imagenette", 10, (9_469, 3_925)),      # imagenette2: train / val
-    "woof": Family("imagefolder", 10, (9_025, 3_929)),      # imagewoof2 read as dataset=imagefolder
+    "woof": Family("imagewoof", 10, (9_025, 3_929)),        # imagewoof2: train / val
 }
 PUBLISHED_IPC = 1      # the stand-in published sets' images per class (the real ones: 10 in HALD's scripts)
 PUBLISHED_FULL_IPC = 10

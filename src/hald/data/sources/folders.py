@@ -1,4 +1,4 @@
-"""One folder per class: imagenette, imagenet1k and imagefolder (your own data).
+"""One folder per class: imagenette, imagewoof, imagenet1k and imagefolder (your own data).
 
 The three share torchvision's ImageFolder layout, ``ROOT/<split dir>/<class>/<images>``; they differ only
 in the names of the split folders and in what the messages tell the user. The train split's class
@@ -19,6 +19,7 @@ from hald.data.sources.registry import register_source
 
 _PER_CLASS = {
     "imagenette": "one WNID folder per class, the extracted imagenette2 archive",
+    "imagewoof": "one WNID folder per class, the extracted imagewoof2 archive",
     "imagenet1k": "1000 WNID folders in each; the flat official val/ sorted into class folders",
     "imagefolder": "the same class folders in both",
 }
