@@ -17,7 +17,7 @@ import json
 for p in ("hald", "ddranking"):
     r = json.load(open(f"outputs/protocols/{p}/results.json"))
     f = r["fair"]
-    n = sum(max(1, len(v.get("by_lr") or {})) for s in f["lrs_chosen"] for k, v in s.items())
+    n = sum(max(1, len(v.get("by_lr") or {})) for s in f["lrs_chosen"] for v in s.values() if isinstance(v, dict))
     print(p, "fair minutes", round(r["timings_s"]["fair"] / 60, 1), "trainings", n,
           {k: (round(f["mean"][k], 4), round(f["std"][k], 4)) for k in f["mean"]})
 PY

@@ -107,12 +107,14 @@ class Protocol:
 
 
 def comparable(card: Mapping[str, Any] | None) -> tuple:
-    """The part of a card that must agree for two numbers to share a column (the real-data accuracy's value is
-    part of it: HLR moves with it)."""
+    """The part of a card that must agree for two numbers to share a column. The real-data accuracy is not in
+    it (a run without fair metrics has none; the fair table shows it next to HLR), nor the LR where the run
+    trains with its own (a sweep over lr is a sweep, not a mix of protocols)."""
     if not card:
         return ("unrecorded",)
-    return tuple((k, repr(card.get(k))) for k in ("name", "accuracy", "seeds", "std", "lr", "optimizer",
-                                                   "hard_labels", "real", "units"))
+    lr = card.get("lr") if isinstance(card.get("lr"), list) else "the run's"
+    return (*(tuple((k, repr(card.get(k))) for k in ("name", "accuracy", "seeds", "std", "optimizer", "hard_labels",
+                                                      "units"))), ("lr", repr(lr)))
 
 
 def cached_real(dataset: str, model: str) -> float | None:
