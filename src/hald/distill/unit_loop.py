@@ -72,12 +72,17 @@ def run_units(fabric, job, step: UnitStep) -> None:
             if i % fabric.world_size == fabric.global_rank and not store.is_done(unit_name(i, k))]
     s = job.settings
     threads = job.cpu_threads if fabric.device.type == "cpu" else None
+    # progress counts the iterations of the units that are optimised (units_run caps them; the rest is written
+    # from its init at once), so the ETA is of the work there is
+    order = {u: n for n, u in enumerate(u for u in todo if job.runs(*u))}
+    total = len(order) * s.iterations
     with intra_op_threads(threads), progress_bar(job.progress and fabric.global_rank == 0) as bar:
-        task = bar.add_task(step.label, total=len(todo) * s.iterations, losses="")
+        task = bar.add_task(step.label, total=total, losses="")
         # in a log file (no terminal), the same progress as lines
-        ticker = Ticker(step.label, len(todo) * s.iterations, "iterations") \
+        ticker = Ticker(step.label, total, "iterations") \
             if job.progress and fabric.global_rank == 0 and not is_terminal() else None
-        for n, (i, k) in enumerate(todo):
+        for i, k in todo:
+            n = order.get((i, k), 0)
             cls, unit_seed = job.classes(k), seed_of(job.seed, i, k)
             bar.update(task, description=step.describe(i, k))
             if job.runs(i, k):
