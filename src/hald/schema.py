@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from hald.errors import ConfigError
+from hald.evaluate.protocols import ProtocolConfig
 from hald.ranges import check_ranges, one_of, positive
 
 
@@ -218,45 +219,6 @@ class FairHardConfig:
 class FairRealConfig:
     epochs: int = 10
     top1: Optional[float] = None
-
-
-@dataclass
-class ProtocolConfig:
-    """conf/evaluate/protocol/*.yaml (hald/evaluate/protocols.py)."""
-    name: str = "hald"
-    seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
-    std_ddof: int = 1
-    accuracy: str = "final"
-    every: int = 0
-    offset: int = 0
-    include_last: bool = True
-    lr_grid: List[float] = field(default_factory=list)
-    search: List[str] = field(default_factory=list)
-    optimizer: Dict[str, Any] = field(default_factory=dict)
-    hard_augment: bool = True
-    real: str = "trained"
-    real_lr: Optional[float] = None
-    batch_size: Optional[int] = None
-    ars: bool = False
-    ars_gamma: float = 0.5
-
-    def __post_init__(self) -> None:
-        one_of("evaluate.protocol", "accuracy", self.accuracy, ("final", "best_every"))
-        one_of("evaluate.protocol", "std_ddof", self.std_ddof, (0, 1))
-        one_of("evaluate.protocol", "real", self.real, ("trained", "cached"))
-        if not self.seeds:
-            raise ConfigError("evaluate.protocol.seeds=[]; fix: at least one seed, e.g. [0, 1, 2]")
-        if self.accuracy == "best_every" and self.every < 1:
-            raise ConfigError(f"evaluate.protocol.every={self.every} with accuracy=best_every; fix: "
-                              f"evaluate.protocol.every=10 (or accuracy=final)")
-        roles = ("syn_hard", "syn_recipe", "random_recipe", "real_hard", "syn_noaug", "random_noaug")
-        for role in self.search:
-            one_of("evaluate.protocol", "search", role, roles)
-        unknown = set(self.optimizer) - {"name", "momentum", "weight_decay", "lr_schedule", "step_size", "gamma",
-                                         "betas", "eta"}
-        if unknown:
-            raise ConfigError(f"evaluate.protocol.optimizer has {sorted(unknown)}; fix: keys of `optimizer` only "
-                              f"(name, momentum, weight_decay, lr_schedule, step_size, gamma, betas, eta)")
 
 
 @dataclass

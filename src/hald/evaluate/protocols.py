@@ -15,8 +15,11 @@ utils/train_and_eval.py; docs/evaluation.md has the line-by-line table and the d
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Mapping, Optional, Sequence
+
+from hald.errors import ConfigError
+from hald.ranges import one_of
 
 ROLES_ARS = ("syn_noaug", "random_noaug")
 # DD-Ranking's cached full-data accuracies (%, utils/train_and_eval.py REAL_DATA_ACC_CACHE), for the students
@@ -25,6 +28,45 @@ CACHED_REAL = {("imagenet1k", "resnet18"): 56.5, ("imagenet1k", "resnet18_tv"): 
                ("tiny_imagenet", "resnet18_cifar"): 46.4, ("tiny_imagenet", "resnet18_small"): 46.4,
                ("tiny_imagenet", "resnet18_modified"): 46.4}
 CACHED_SOURCE = "DD-Ranking 0.2.0 REAL_DATA_ACC_CACHE (utils/train_and_eval.py:15-18)"
+
+
+@dataclass
+class ProtocolConfig:
+    """The schema of conf/evaluate/protocol/*.yaml (checked by hald/schema.py with the rest of the config)."""
+    name: str = "hald"
+    seeds: List[int] = field(default_factory=lambda: [0, 1, 2])
+    std_ddof: int = 1
+    accuracy: str = "final"
+    every: int = 0
+    offset: int = 0
+    include_last: bool = True
+    lr_grid: List[float] = field(default_factory=list)
+    search: List[str] = field(default_factory=list)
+    optimizer: Dict[str, Any] = field(default_factory=dict)
+    hard_augment: bool = True
+    real: str = "trained"
+    real_lr: Optional[float] = None
+    batch_size: Optional[int] = None
+    ars: bool = False
+    ars_gamma: float = 0.5
+
+    def __post_init__(self) -> None:
+        one_of("evaluate.protocol", "accuracy", self.accuracy, ("final", "best_every"))
+        one_of("evaluate.protocol", "std_ddof", self.std_ddof, (0, 1))
+        one_of("evaluate.protocol", "real", self.real, ("trained", "cached"))
+        if not self.seeds:
+            raise ConfigError("evaluate.protocol.seeds=[]; fix: at least one seed, e.g. [0, 1, 2]")
+        if self.accuracy == "best_every" and self.every < 1:
+            raise ConfigError(f"evaluate.protocol.every={self.every} with accuracy=best_every; fix: "
+                              f"evaluate.protocol.every=10 (or accuracy=final)")
+        roles = ("syn_hard", "syn_recipe", "random_recipe", "real_hard", "syn_noaug", "random_noaug")
+        for role in self.search:
+            one_of("evaluate.protocol", "search", role, roles)
+        unknown = set(self.optimizer) - {"name", "momentum", "weight_decay", "lr_schedule", "step_size", "gamma",
+                                         "betas", "eta"}
+        if unknown:
+            raise ConfigError(f"evaluate.protocol.optimizer has {sorted(unknown)}; fix: keys of `optimizer` only "
+                              f"(name, momentum, weight_decay, lr_schedule, step_size, gamma, betas, eta)")
 
 
 @dataclass(frozen=True)
