@@ -8,12 +8,12 @@ from hald.errors import ConfigError
 
 
 def positive(where: str, **values: Any) -> None:
-    """Counts that must be positive integers, named by their key."""
+    """Counts that must be positive integers, named by their key (prefixed by `where` unless it is empty)."""
     for key, value in values.items():
         if value is None:
             continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(range_message(f"{where}.{key}", value, COUNT))
+            raise ConfigError(range_message(f"{where}.{key}" if where else key, value, COUNT))
 
 
 def one_of(where: str, key: str, value: Any, choices: tuple) -> None:

@@ -30,6 +30,13 @@ CACHED_REAL = {("imagenet1k", "resnet18"): 56.5, ("imagenet1k", "resnet18_tv"): 
 CACHED_SOURCE = "DD-Ranking 0.2.0 REAL_DATA_ACC_CACHE (utils/train_and_eval.py:15-18)"
 
 
+def best_at(eval_log: Sequence[Mapping[str, Any]], epochs: set[int]) -> tuple[Mapping[str, Any] | None, int]:
+    """The best evaluation (test top-1) among those at `epochs` (ties: the earliest, as a `>` loop keeps it),
+    and how many there were."""
+    chosen = [e for e in eval_log if e["epoch"] in epochs]
+    return (max(chosen, key=lambda e: (e["top1"], -e["epoch"])) if chosen else None), len(chosen)
+
+
 @dataclass
 class ProtocolConfig:
     """The schema of conf/evaluate/protocol/*.yaml (checked by hald/schema.py with the rest of the config)."""
@@ -116,11 +123,10 @@ class Protocol:
         checks = set(range(self.offset, total, self.every)) if self.every > 0 else set()
         if self.include_last:
             checks.add(total - 1)
-        chosen = [e for e in eval_log if e["epoch"] in checks]
-        if not chosen:
+        best, _ = best_at(eval_log, checks)
+        if best is None:
             return {"top1": float(final), "epoch": total - 1, "rule": f"final (no check every {self.every} within "
                                                                       f"{total} epochs)"}
-        best = max(chosen, key=lambda e: (e["top1"], -e["epoch"]))  # ties: the earliest, as `>` keeps it
         return {"top1": float(best["top1"]), "epoch": int(best["epoch"]), "rule": self.rule()}
 
     def rule(self) -> str:

@@ -6,6 +6,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from hald.evaluate.protocols import best_at
+
 
 def _fmt_bytes(n: int) -> str:
     for unit in ("B", "KB", "MB", "GB"):
@@ -21,11 +23,10 @@ def best_every(eval_log: list[dict[str, Any]], every: int, total_epochs: int) ->
     the extra phase-end evaluations. None when train.eval_every is 0."""
     if every <= 0:
         return None
-    chosen = [e for e in eval_log if e["epoch"] % every == 0 or e["epoch"] == total_epochs - 1]
-    if not chosen:
+    best, n = best_at(eval_log, set(range(0, total_epochs, every)) | {total_epochs - 1})
+    if best is None:
         return None
-    best = max(chosen, key=lambda e: e["top1"])
-    return {"every": every, "top1": best["top1"], "epoch": best["epoch"], "evaluations": len(chosen)}
+    return {"every": every, "top1": best["top1"], "epoch": best["epoch"], "evaluations": n}
 
 
 def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:

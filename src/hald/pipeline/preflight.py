@@ -22,7 +22,7 @@ from hald.labels.store import LabelStore, check_soft_batch, open_store_for
 from hald.models.build import check_checkpoint, torchvision_weights
 from hald.pipeline.stages import plan_relabel
 from hald.pipeline.student import build_schedule
-from hald.ranges import COUNT, range_message
+from hald.ranges import positive
 from hald.schema import validate
 
 log = logging.getLogger("hald")
@@ -126,9 +126,7 @@ def check_counts(cfg: DictConfig, method: Method) -> None:
     if not cfg.teacher.checkpoints and not cfg.teacher.pretrained:
         counts["teacher.squeeze.epochs"] = cfg.teacher.squeeze.epochs
         counts["teacher.squeeze.batch_size"] = cfg.teacher.squeeze.batch_size
-    for key, value in counts.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(range_message(key, value, COUNT))
+    positive("", **counts)
 
 
 def check_enough_images(method: Method, dcfg: dict, dataset: DictConfig) -> None:
