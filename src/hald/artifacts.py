@@ -122,16 +122,54 @@ def write_json_atomic(path: Path, data: Mapping[str, Any]) -> None:
         os.fsync(f.fileno())
 
 
+# Reuse checks of large files (docs/checks.md): a file of at least SAMPLE_MIN bytes is checked on reuse by its
+# size and the sha256 of SAMPLE_BLOCKS blocks of SAMPLE_BLOCK bytes at fixed offsets (the first and the last
+# included), recorded at write time next to its full sha256; HALD_VERIFY=full hashes every file whole.
+SAMPLE_MIN, SAMPLE_BLOCK, SAMPLE_BLOCKS = 64 << 20, 1 << 20, 16
+VERIFY_MODES = ("sampled", "full")
+
+
+def verify_mode() -> str:
+    """HALD_VERIFY: `sampled` (default: large files by sampled blocks) or `full` (every file's whole sha256)."""
+    mode = os.environ.get("HALD_VERIFY", "sampled").strip().lower() or "sampled"
+    if mode not in VERIFY_MODES:
+        raise InputError(f"HALD_VERIFY={mode!r}; fix: HALD_VERIFY=full (hash every file whole) or unset it")
+    return mode
+
+
+def sample_sha256(path: Path, size: int) -> str:
+    """sha256 of the file's size and its sampled blocks (offsets fixed by the size alone)."""
+    step = (size - SAMPLE_BLOCK) / (SAMPLE_BLOCKS - 1)
+    h = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as f:
+        for i in range(SAMPLE_BLOCKS):
+            f.seek(round(i * step))
+            h.update(f.read(SAMPLE_BLOCK))
+    return h.hexdigest()
+
+
+def file_entry(p: Path, with_sha: bool = True) -> dict[str, Any]:
+    """{bytes, sha256 (and sample_sha256 for a file of at least SAMPLE_MIN bytes)} of one file."""
+    entry: dict[str, Any] = {"bytes": p.stat().st_size}
+    if with_sha:
+        entry["sha256"] = sha256_file(p)
+        if entry["bytes"] >= SAMPLE_MIN:
+            entry["sample_sha256"] = sample_sha256(p, entry["bytes"])
+    return entry
+
+
 def file_entries(root: Path, with_sha: bool = True) -> dict[str, dict[str, Any]]:
-    """{relative path: {bytes, sha256}} for every file under root except the manifest."""
-    out = {}
-    for p in sorted(root.rglob("*")):
-        if p.is_file() and p.name != MANIFEST:
-            entry: dict[str, Any] = {"bytes": p.stat().st_size}
-            if with_sha:
-                entry["sha256"] = sha256_file(p)
-            out[p.relative_to(root).as_posix()] = entry
-    return out
+    """{relative path: file_entry} for every file under root except the manifest."""
+    return {p.relative_to(root).as_posix(): file_entry(p, with_sha)
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != MANIFEST}
+
+
+def content_differs(f: Path, entry: Mapping[str, Any]) -> str | None:
+    """Why the file's content does not match its entry (None: it matches): the sampled blocks of a large file
+    whose entry records them, unless HALD_VERIFY=full; the whole sha256 otherwise (and for older manifests)."""
+    if "sample_sha256" in entry and verify_mode() != "full":
+        return None if sample_sha256(f, entry["bytes"]) == entry["sample_sha256"] else "sampled blocks' sha256"
+    return None if sha256_file(f) == entry["sha256"] else "sha256"
 
 
 SEAL = "manifest_sha256"
@@ -162,7 +200,7 @@ def read_manifest(path: Path) -> dict[str, Any]:
 
 
 def verify(path: Path, deep: bool = False) -> dict[str, Any]:
-    """Return the manifest if every listed file has its recorded size (and sha256 when deep)."""
+    """Return the manifest if every listed file has its recorded size (and content when deep: content_differs)."""
     path = Path(path)
     manifest = read_manifest(path)
     for rel, entry in manifest.get("files", {}).items():
@@ -173,8 +211,9 @@ def verify(path: Path, deep: bool = False) -> dict[str, Any]:
         if size != entry["bytes"]:
             raise ArtifactError(f"{f}: {size} bytes on disk, manifest says {entry['bytes']} (truncated or "
                                 f"overwritten); fix: delete {path} and run again")
-        if deep and "sha256" in entry and sha256_file(f) != entry["sha256"]:
-            raise ArtifactError(f"{f}: sha256 differs from the manifest (corrupted); fix: delete {path} and run again")
+        what = content_differs(f, entry) if deep and "sha256" in entry else None
+        if what:
+            raise ArtifactError(f"{f}: {what} differs from the manifest (corrupted); fix: delete {path} and run again")
     return manifest
 
 
@@ -187,9 +226,10 @@ def is_complete(path: Path) -> bool:
 
 
 def problem(path: Path) -> str | None:
-    """Why a cached artifact cannot be reused (None: it can; "absent": there is none). Every file is hashed
-    against its manifest each time: a flipped byte in a teacher or two swapped images must not be trusted on
-    their sizes (docs/checks.md has the cost)."""
+    """Why a cached artifact cannot be reused (None: it can; "absent": there is none). Every file's content is
+    checked against its manifest each time (whole sha256; sampled blocks for large files unless HALD_VERIFY=full):
+    a flipped byte in a teacher or two swapped images must not be trusted on their sizes (docs/checks.md has
+    the cost)."""
     if not Path(path).exists():
         return "absent"
     try:

@@ -9,8 +9,10 @@ import hashlib
 import json
 import logging
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator, Sequence
 
 import numpy as np
 import torch
@@ -34,6 +36,7 @@ class DistilledImages:
     classes: list[str]
     sha256: str            # hash of (relative path, file content) of every image: names the set exactly
     root: str = ""         # the folder it was read from
+    array: str = ""        # the uint8 array file `images` maps (data/image_array.py); "" = decoded in memory
 
     def __len__(self) -> int:
         return int(self.targets.numel())
@@ -46,6 +49,37 @@ class DistilledImages:
     @property
     def hw(self) -> tuple[int, int]:
         return int(self.images.shape[2]), int(self.images.shape[3])
+
+    def __getstate__(self) -> dict:
+        """A mapped set pickles by path (a spawned worker or rank maps the file itself, never gets the pixels)."""
+        state = dict(self.__dict__)
+        if self.array:
+            state["images"] = tuple(self.images.shape)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        if self.array:
+            self.images = map_array(Path(self.array), self.images)
+
+
+def map_array(path: Path, shape: Sequence[int] | None = None) -> torch.Tensor:
+    """The array file as a read-only uint8 [N, C, H, W] tensor with channels-last strides (no copy), its header
+    checked against `shape` (N, C, H, W) when given."""
+    path = Path(path)
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (OSError, ValueError) as e:
+        raise DistilledError(f"image array '{path}' cannot be read ({e}); fix: delete {path.parent} and run "
+                             f"again") from None
+    want = None if shape is None else (shape[0], shape[2], shape[3], shape[1])
+    if arr.dtype != np.uint8 or arr.ndim != 4 or (want is not None and tuple(arr.shape) != tuple(want)):
+        raise DistilledError(f"image array '{path}' is {arr.dtype} {list(arr.shape)}, its metadata says uint8 "
+                             f"{list(want) if want else '[N, H, W, C]'} (replaced or damaged); fix: delete "
+                             f"{path.parent} and run again")
+    with warnings.catch_warnings():  # read-only by design: nothing writes the images
+        warnings.filterwarnings("ignore", message=".*not writable.*")
+        return torch.from_numpy(arr).permute(0, 3, 1, 2)
 
 
 def _class_dirs(root: Path, classes: list[str]) -> list[Path]:
@@ -167,13 +201,10 @@ def check_size(path: Path, n: int, channels: int, input_size: int | None) -> Non
                     "to %d px (%s); resize the set once if that is not intended", w, h, input_size, input_size, gb)
 
 
-def load_distilled(root: Path | str, classes: list[str], channels: int,
-                   input_size: int | None = None) -> DistilledImages:
-    """Read a distilled ImageFolder; every check happens before any pixel is used for training (with
-    `input_size`, the images' size too: check_size)."""
-    root = Path(root)
-    arrays, targets, files = [], [], []
-    digest = hashlib.sha256()
+def list_images(root: Path, classes: list[str], channels: int,
+                input_size: int | None = None) -> list[tuple[int, list[Path]]]:
+    """The set's images per class id, in image-id order, checked before any is decoded: the class folders, each
+    with images, the first image's size (`check_size`)."""
     check_made_for(root, classes)
     ignored, listed = [], []
     for cid, d in enumerate(_class_dirs(root, classes)):
@@ -184,29 +215,62 @@ def load_distilled(root: Path | str, classes: list[str], channels: int,
             raise DistilledError(f"distilled folder '{d}' (class {cid}) has no images; fix: add its images or "
                                  f"use a complete set")
         listed.append((cid, paths))
+    if ignored:
+        log.warning("distilled folder '%s': ignored %d file(s) that are not images by name (e.g. '%s'); they "
+                    "are not part of the set or its sha256", root, len(ignored), ignored[0].relative_to(root))
     check_size(listed[0][1][0], sum(len(p) for _, p in listed), channels, input_size)
+    return listed
+
+
+def check_even(root: Path, classes: list[str], listed: list[tuple[int, list[Path]]]) -> None:
+    """Every class has the same number of images (after reading them: an unreadable image is named first)."""
+    counts = [len(p) for _, p in listed]
+    if min(counts) != max(counts):  # slc = SLI x ipc per class holds only when every class has ipc
+        few, many = counts.index(min(counts)), counts.index(max(counts))
+        raise DistilledError(f"distilled folder '{root}' has uneven classes: class {classes[few]} has "
+                             f"{counts[few]} images, class {classes[many]} {counts[many]} (slc and ipc are "
+                             f"per class); fix: give every class the same number of images")
+
+
+def set_entry(rel: str, data: bytes) -> bytes:
+    """One image's part of the set's sha256: its path relative to the root and the sha256 of its bytes."""
+    return rel.encode() + b"\0" + hashlib.sha256(data).digest()
+
+
+def decoded(root: Path, listed: list[tuple[int, list[Path]]], channels: int,
+            digest: "hashlib._Hash") -> Iterator[tuple[int, str, np.ndarray]]:
+    """(class id, relative path, uint8 [H, W, C]) of every listed image in order, all of one size; `digest`
+    takes (relative path, sha256 of the file's bytes) of each: the set's sha256."""
+    first = None
     for cid, paths in track(listed, f"reading {root.name}"):
         for p in paths:
             data = p.read_bytes()
             rel = p.relative_to(root).as_posix()
-            digest.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
+            digest.update(set_entry(rel, data))
             arr = _read(p, channels)
-            arrays.append(arr if arr.ndim == 3 else arr[:, :, None])
-            targets.append(cid)
-            files.append(rel)
-    if ignored:
-        log.warning("distilled folder '%s': ignored %d file(s) that are not images by name (e.g. '%s'); they "
-                    "are not part of the set or its sha256", root, len(ignored), ignored[0].relative_to(root))
-    sizes = {a.shape[:2] for a in arrays}
-    if len(sizes) > 1:
-        raise DistilledError(f"distilled folder '{root}' mixes image sizes {sorted(sizes)[:3]}; replay needs one "
-                             f"size; fix: resize the set to one size (e.g. the dataset's input size)")
-    counts = torch.bincount(torch.tensor(targets), minlength=len(classes))
-    if int(counts.min()) != int(counts.max()):  # slc = SLI x ipc per class holds only when every class has ipc
-        few, many = int(counts.argmin()), int(counts.argmax())
-        raise DistilledError(f"distilled folder '{root}' has uneven classes: class {classes[few]} has "
-                             f"{int(counts[few])} images, class {classes[many]} {int(counts[many])} (slc and ipc are "
-                             f"per class); fix: give every class the same number of images")
+            arr = arr if arr.ndim == 3 else arr[:, :, None]
+            first = first or (arr.shape[:2], rel)
+            if arr.shape[:2] != first[0]:
+                raise DistilledError(f"distilled folder '{root}' mixes image sizes ({first[1]}: {first[0]}, {rel}: "
+                                     f"{arr.shape[:2]}); replay needs one size; fix: resize the set to one size "
+                                     f"(e.g. the dataset's input size)")
+            yield cid, rel, arr
+
+
+def load_distilled(root: Path | str, classes: list[str], channels: int,
+                   input_size: int | None = None) -> DistilledImages:
+    """Read a distilled ImageFolder into memory; every check happens before any pixel is used for training
+    (with `input_size`, the images' size too: check_size). Runs map the set's array instead
+    (data/image_array.py), which holds exactly these pixels."""
+    root = Path(root)
+    digest = hashlib.sha256()
+    arrays, targets, files = [], [], []
+    listed = list_images(root, classes, channels, input_size)
+    for cid, rel, arr in decoded(root, listed, channels, digest):
+        arrays.append(arr)
+        targets.append(cid)
+        files.append(rel)
+    check_even(root, classes, listed)
     images = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
     return DistilledImages(images=images, targets=torch.tensor(targets, dtype=torch.int64), files=files,
                            classes=list(classes), sha256=digest.hexdigest(), root=str(root))

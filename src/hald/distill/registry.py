@@ -7,7 +7,8 @@ its name (tests run over `sorted(METHODS)`):
   out_dir=<artifact dir>, teachers=[Teacher...], trainer_kwargs=<device settings>, work_dir=<stable per-key
   scratch dir>, **cfg.distill)``; returns the manifest fields of its artifact, at least ``images_dir`` (a PNG
   ImageFolder under out_dir). For a `given` method (an existing set on disk) there is nothing to build:
-  ``build(dcfg, dataset)`` opens and verifies the set and returns its DistilledImages (keyed by content).
+  ``build(dcfg, dataset, cache=None)`` opens and verifies the set and returns its DistilledImages (keyed by
+  content; with `cache`, mapped from an array cached there).
 - `uses_teacher`: the teachers of `distill.pool` make the images, so their keys enter the image artifact's key.
   A fact about the code, not a user knob.
 - `collective`: runs on every rank of the pipeline's DDP world and shares its units out itself (recover);

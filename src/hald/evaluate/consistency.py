@@ -94,7 +94,7 @@ def load_student(run_dir: Path, checkpoint: Path | None = None) -> tuple[nn.Modu
 
 
 def main(argv: list[str] | None = None) -> None:
-    from hald.data.distilled import load_distilled
+    from hald.data.image_array import open_images
     from hald.data.sources import class_names
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     net, cfg, results = load_student(args.run_dir, args.checkpoint)
     ds = cfg["dataset"]
-    images = load_distilled(Path(results["images"]), class_names(ds), int(ds["channels"]))
+    images = open_images(Path(results["images"]), class_names(ds), int(ds["channels"]))
     res = crop_consistency(net, images.images, images.targets, len(images.classes), int(ds["input_size"]),
                            ds["mean"], ds["std"], seed=args.seed, pairs=args.pairs)
     out = args.run_dir / "consistency.json"

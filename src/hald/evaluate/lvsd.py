@@ -118,7 +118,7 @@ def store_teacher(store_path: Path, teacher_cfg: Mapping[str, Any], dataset: Map
 def main(argv: list[str] | None = None) -> None:
     from omegaconf import OmegaConf
 
-    from hald.data.distilled import load_distilled
+    from hald.data.image_array import open_images
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("run_dir", type=Path, help="a run directory (results.json + .hydra/config.yaml)")
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
     ds, tcfg = (OmegaConf.to_container(saved[k], resolve=True) for k in ("dataset", "teacher"))
     results = json.loads((args.run_dir / "results.json").read_text())
     store = json.loads((Path(results["store"]) / "manifest.json").read_text())
-    images = load_distilled(Path(results["images"]), store["classes"], int(ds["channels"]))
+    images = open_images(Path(results["images"]), store["classes"], int(ds["channels"]))
     res = lvsd(store_teacher(Path(results["store"]), tcfg, ds), images.images, images.targets, store, args.crops,
                args.seed)
     out = args.out or args.run_dir / "lvsd.json"

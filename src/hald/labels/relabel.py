@@ -30,7 +30,7 @@ from hald import dist
 from hald.console import progress_callbacks
 from hald.data.distilled import DistilledImages
 from hald.data.replay import Geometry, render, render_layout, sample_pass
-from hald.artifacts import build_manifest, manifest_size
+from hald.artifacts import SAMPLE_MIN, build_manifest, manifest_size
 from hald.errors import DivergedError
 from hald.labels.budget import Plan
 from hald.labels.store import FORMAT_VERSION, shard_name, write_shard
@@ -152,7 +152,9 @@ def manifest_reserve(sli: int, codec: Any, cfg: Mapping[str, Any], dataset: Mapp
     fields = store_fields(plan, cfg, dataset, num_images=num_images, ipc=ipc, classes=classes,
                           images_sha256="0" * 64, teacher_mode=teacher_mode, teacher_weights=[1.0] * n_teachers,
                           shards=shards)
-    files = {s["file"]: {"bytes": 10**12, "sha256": "0" * 64} for s in shards}
+    large = num_images * (8 * len(classes) + 64) + (1 << 16) >= SAMPLE_MIN  # a shard that may get a sample_sha256
+    files = {s["file"]: {"bytes": 10**12, "sha256": "0" * 64, **({"sample_sha256": "0" * 64} if large else {})}
+             for s in shards}
     mock = build_manifest("relabel", "0" * 12, config, {"images": "0" * 12}, files, **{**fields, **extra})
     return manifest_size(mock) + 256  # slack for longer numbers in the real one
 
@@ -175,7 +177,7 @@ def relabel(distilled: DistilledImages, committee: Committee, plan: Plan, cfg: M
     kwargs = dict(trainer_kwargs or {})
     trainer = L.Trainer(logger=False, enable_checkpointing=False, enable_model_summary=False,
                         callbacks=progress_callbacks(kwargs.get("enable_progress_bar", True), "relabel"), **kwargs)
-    images = render_layout(distilled.images)  # once, for every pass: the layout render is fastest on
+    images = render_layout(distilled.images)  # the layout render is fastest on; a mapped set has it (no copy)
     for p in todo:
         batches = sample_pass(len(distilled), distilled.hw, bsz, int(dataset["input_size"]),
                               seed=int(cfg["seed"]) + p, scale=tuple(cfg["crop_scale"]),

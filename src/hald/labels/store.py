@@ -140,7 +140,7 @@ class LabelStore:
     # -- opening and checking ------------------------------------------------------------------------
     @classmethod
     def open(cls, path: Path | str, expect: Mapping[str, Any] | None = None, deep: bool = True) -> "LabelStore":
-        """Open a store, checking its shards (size; sha256 when deep) and that it fits `expect`.
+        """Open a store, checking its shards (size; content when deep, docs/checks.md) and that it fits `expect`.
 
         expect: manifest fields that must match, e.g. {"images_sha256": ..., "num_classes": 10,
         "classes": [...]} — a store made for other images or classes is an error, not a surprise.
@@ -165,7 +165,7 @@ class LabelStore:
                 raise LabelStoreError(f"label store '{path}' was made for {key}={_short(have)}, this run has "
                                       f"{_short(want)}; fix: relabel for these images/settings or pass the "
                                       f"matching store")
-        try:  # sizes always; sha256 of every shard when deep (a flipped bit is caught before training)
+        try:  # sizes always; content when deep (sha256; a large shard's sampled blocks: artifacts.content_differs)
             verify(path, deep=deep)
         except ArtifactError as e:
             raise LabelStoreError(f"label store: {_cause(e)}; fix: pass an intact copy of the store, or relabel "

@@ -37,7 +37,8 @@ class Checked:
 
 
 def preflight(cfg: DictConfig) -> Checked:
-    """Check everything that can be checked before work starts; changes nothing (the config included)."""
+    """Check everything that can be checked before work starts; changes nothing (the config included) but the
+    cache of a given set's image array (distill/folder.py), made from the set as it is checked."""
     validate(cfg)  # the schema: unknown keys, types, enums, positive counts (hald/schema.py)
     check_source(cfg.dataset)
     method = method_of(cfg.distill.method)
@@ -53,7 +54,9 @@ def preflight(cfg: DictConfig) -> Checked:
                           f"that adds the phase")
     dcfg = OmegaConf.to_container(cfg.distill, resolve=True)
     check_method(dcfg, cfg.dataset)
-    images = method.build(dcfg, cfg.dataset) if method.given else None  # a set on disk: opened and verified
+    # a set on disk: opened and verified, its pixels mapped from the cache (decoded into it on first use)
+    images = method.build(dcfg, cfg.dataset, cache=Path(cfg.paths.cache_dir).expanduser().resolve()) \
+        if method.given else None
     store = None
     if cfg.labels.store is None:
         check_labels(cfg, images)

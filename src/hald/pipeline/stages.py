@@ -13,11 +13,13 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from hald import artifacts
-from hald.data.distilled import DistilledImages, load_distilled
+from hald import artifacts, dist
+from hald.data.distilled import DistilledImages
+from hald.data.image_array import array_beside, open_array, write_array
 from hald.data.holdout import holdout_views
 from hald.data.sources import build_source, class_names
 from hald.distill import method_of
+from hald.distill.folder import folder_array
 from hald.errors import ConfigError
 from hald.labels.budget import Plan, plan_store
 from hald.labels.relabel import manifest_reserve, relabel
@@ -110,7 +112,8 @@ def given_images(ctx: Context, images: DistilledImages | None = None) -> tuple[D
     """A `given` method's set (an existing folder): opened and verified (or handed in by pre-flight, which
     opened it already) and keyed by its content, so a changed folder is never taken for the one labelled."""
     method = method_of(ctx.cfg.distill.method)
-    images = images or method.build(OmegaConf.to_container(ctx.cfg.distill, resolve=True), ctx.cfg.dataset)
+    images = images or method.build(OmegaConf.to_container(ctx.cfg.distill, resolve=True), ctx.cfg.dataset,
+                                    cache=ctx.cache)
     return images, f"{method.name}-{images.sha256[:16]}"
 
 
@@ -146,6 +149,8 @@ def stage_distill(ctx: Context, pool: list[Teacher], priors: list[float] | None 
             source, _ = holdout_views(source, float(dcfg["holdout"]["fraction"]), int(dcfg["holdout"]["seed"]))
         made = method.build(source=source, dataset=cfg.dataset, out_dir=tmp, teachers=pool,
                             trainer_kwargs=device_kwargs(cfg), work_dir=work_dir, **dcfg)
+        if dist.rank() == 0:  # the pixels once more, as the array every process maps (data/image_array.py)
+            write_array(tmp, tmp / made["images_dir"], list(classes), int(cfg.dataset.channels))
         return {**made, "classes": list(classes)}
 
     art = cached(ctx, "distill", key, {"dataset": ds, "distill": dcfg}, upstream, build,
@@ -251,7 +256,17 @@ def images_and_labels(ctx: Context, teachers: list[Teacher], pool: list[Teacher]
     else:
         pool = distill_teachers(ctx) if pool is None else pool
         image_dir, image_key, images_reused = stage_distill(ctx, pool, priors)
-        images = load_distilled(image_dir, class_names(cfg.dataset), int(cfg.dataset.channels))
+        images = distilled_images(ctx, image_dir)
     store_path, store_reused = stage_relabel(ctx, images, image_key, teachers)
     return Made(images, image_dir, image_key, images_reused, store_path, store_reused,
                 given=method_of(cfg.distill.method).given)
+
+def distilled_images(ctx: Context, image_dir: Path) -> DistilledImages:
+    """A distill artifact's images, mapped from its array; an artifact made by an earlier hald (PNGs only) gets
+    its array once as a cached derived artifact (distill/folder.py), as a given folder does."""
+    classes = class_names(ctx.cfg.dataset)
+    if array_beside(image_dir):
+        return open_array(image_dir.parent, image_dir, classes)
+    log.info("distill: %s has no image array (made by an earlier hald); its PNGs are decoded once into the cache",
+             image_dir)
+    return folder_array(ctx.cache, image_dir, classes, int(ctx.cfg.dataset.channels))

@@ -1,0 +1,308 @@
+"""Memory and start-up of student training, per process and in total, for 1..k DDP ranks (gloo, CPU).
+
+    python -m hald_tools.bench_memory --images 50000 --size 224 --classes 1000 --ranks 1,2 [--store-gb 6] \
+        --out experiments/memory.md
+
+Generates a synthetic distilled set (PNGs, the image array made from them by the real writer, and the same
+images as JPEGs in an ImageFolder), optionally a synthetic label store of --store-gb written by the store
+writer, then per case and rank count launches the training processes (a Lightning fit of --steps steps) and
+records each one's peak RSS (VmHWM), steady RSS and PSS after the steps (/proc/self/status, smaps_rollup: a
+mapped page shared by the ranks counts in every RSS, once in the PSS total) and the time from process start to
+the first training step. Cases:
+
+- before: the PNGs decoded into one tensor per process (load_distilled) plus the channels-last copy;
+- after:  the array memory-mapped (data/image_array.py), no decode, no copy;
+- peers:  torchvision ImageFolder of JPEGs, decoded per batch with RandomResizedCrop + flip (SRe2L's
+          train_FKD.py data path), the same model and batch.
+
+Writes a markdown table with the command, the machine and the load average. Small sizes run in seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+CASES = ("before", "after", "peers")
+SRC = str(Path(__file__).resolve().parents[1])  # hald and hald_tools, for the launched ranks
+
+
+# -- the synthetic data ------------------------------------------------------------------------------------------
+def generate(work: Path, n: int, size: int, classes: int, jpeg: bool = True) -> None:
+    """n smooth random images (n // classes per class) as PNGs and JPEGs; the image array from the PNGs."""
+    from PIL import Image
+
+    from hald.data.image_array import write_array
+
+    rng = np.random.default_rng(0)
+    per = max(1, n // classes)
+    for c in range(classes):
+        for k in range(per):
+            small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+            im = Image.fromarray(small).resize((size, size), Image.BILINEAR)
+            path = work / "set" / "images" / f"{c:05d}" / f"{k:05d}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            im.save(path)
+            if jpeg:
+                jp = work / "jpeg" / f"{c:05d}" / f"{k:05d}.JPEG"
+                jp.parent.mkdir(parents=True, exist_ok=True)
+                im.save(jp, quality=90)
+    write_array(work / "set", work / "set" / "images", class_list(classes), 3)
+
+
+def class_list(classes: int) -> list[str]:
+    return [f"{c:05d}" for c in range(classes)]
+
+
+def write_store(work: Path, size: int, batch: int, gb: float) -> None:
+    """A label store of about `gb` GB for the set, written by the store writer (random labels, real geometry)."""
+    import torch
+
+    from hald import artifacts
+    from hald.data.image_array import open_array
+    from hald.data.replay import sample_pass
+    from hald.labels.budget import Plan
+    from hald.labels.codecs import Codec
+    from hald.labels.relabel import store_fields
+    from hald.labels.store import shard_bytes, shard_name, write_shard
+
+    images = open_array(work / "set", work / "set" / "images")
+    n, c = len(images), len(images.classes)
+    codec = Codec.from_config({"name": "float"})
+    passes = max(1, round(gb * 1e9 / shard_bytes(n, batch, codec, c)))
+    cfg = dict(batch_size=batch, temperature=20.0, crop_scale=[0.08, 1.0], crop_ratio=[0.75, 4 / 3], flip_p=0.5,
+               cutmix_alpha=1.0, seed=0)
+    out = work / "store"
+    out.mkdir()
+    shards = []
+    for p in range(passes):
+        batches = sample_pass(n, images.hw, batch, size, seed=p)
+        labels = [torch.softmax(torch.randn(len(g), c), 1) for g in batches]
+        shards.append(write_shard(out / shard_name(p), batches, labels, codec, p, n))
+    dataset = {"input_size": size, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]}
+    fields = store_fields(Plan(passes, codec, shards[0]["bytes"], 0, None), cfg, dataset, num_images=n,
+                          ipc=images.ipc, classes=images.classes, images_sha256=images.sha256, teacher_mode="eval",
+                          teacher_weights=[1.0], shards=shards)
+    artifacts.finish(out, "relabel", "bench", cfg, {}, **fields, dataset="bench")
+
+
+# -- one training process -----------------------------------------------------------------------------------------
+def memory() -> dict[str, float]:
+    """This process's peak and current RSS and its PSS, in MB."""
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    kb = {k: float(status[k].split()[0]) for k in ("VmHWM", "VmRSS")}
+    pss = 0.0
+    try:
+        for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
+            if line.startswith("Pss:"):
+                pss = float(line.split()[1])
+    except OSError:
+        pass
+    peak = max(kb["VmHWM"], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+    return {"peak_mb": peak / 1024, "rss_mb": kb["VmRSS"] / 1024, "pss_mb": pss / 1024}
+
+
+def worker(args: argparse.Namespace) -> None:
+    import lightning as L
+    import torch
+
+    from hald.models import build_backbone
+
+    torch.set_num_threads(1)
+    t0 = float(os.environ["BENCH_T0"])
+    work, world = Path(args.work), int(os.environ.get("WORLD_SIZE", "1"))
+    classes = class_list(args.classes)
+    first: dict[str, float] = {}
+
+    class FirstStep(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            if not first:
+                first.update(first_step_s=time.time() - t0, **{f"first_{k}": v for k, v in memory().items()})
+
+    net = build_backbone(args.model, args.classes, 3, args.size)
+    if args.case == "peers":
+        module, dm = peers_module(net, work, args)
+    else:
+        module, dm = hald_module(net, work, classes, args)
+    trainer = L.Trainer(accelerator="cpu", devices=world, strategy="ddp" if world > 1 else "auto", max_steps=args.steps,
+                        logger=False, enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0,
+                        enable_progress_bar=False, enable_model_summary=False, callbacks=[FirstStep()])
+    trainer.fit(module, datamodule=dm)
+    rank = int(os.environ.get("RANK", "0"))
+    Path(f"{args.result}.{rank}.json").write_text(json.dumps({**first, **memory(), "rank": rank}))
+
+
+def hald_module(net, work: Path, classes: list[str], args: argparse.Namespace):
+    import torch
+    from torch.utils.data import TensorDataset
+
+    from hald.data.distilled import load_distilled
+    from hald.data.image_array import open_array
+    from hald.labels.store import open_store_for
+    from hald.train.datamodule import HALDDataModule
+    from hald.train.module import StudentModule
+    from hald.train.phases import standard_phases
+    from hald.train.schedule import HARD, SOFT, Schedule
+
+    root = work / "set" / "images"
+    images = load_distilled(root, classes, 3) if args.case == "before" else open_array(work / "set", root, classes)
+    ds = {"name": "bench", "input_size": args.size, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+          "channels": 3}
+    phases = standard_phases(args.batch, args.batch)
+    if (work / "store").is_dir():
+        store, schedule = open_store_for(work / "store", images), Schedule(((SOFT, 1),))
+    else:
+        store, schedule, phases = None, Schedule(((HARD, 1),)), {"hard": phases["hard"]}
+    empty = TensorDataset(torch.zeros(0, 3, args.size, args.size), torch.zeros(0, dtype=torch.long))
+    dm = HALDDataModule(images, store, ds, schedule, phases, empty, num_workers=args.workers,
+                        images_on_device=False)
+    return StudentModule(net, len(classes), schedule, dm.phases, lr=1e-3), dm
+
+
+def peers_module(net, work: Path, args: argparse.Namespace):
+    """SRe2L's train_FKD.py data path: ImageFolder, per-batch JPEG decode, RandomResizedCrop + flip."""
+    import lightning as L
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    tf = transforms.Compose([transforms.RandomResizedCrop(args.size, scale=(0.08, 1.0)),
+                             transforms.RandomHorizontalFlip(), transforms.ToTensor(),
+                             transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])])
+    data = datasets.ImageFolder(str(work / "jpeg"), transform=tf)
+
+    class Peers(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+
+        def training_step(self, batch, batch_idx):
+            x, y = batch
+            return F.cross_entropy(self.net(x), y)
+
+        def configure_optimizers(self):
+            return torch.optim.AdamW(self.parameters(), lr=1e-3)
+
+        def train_dataloader(self):
+            return DataLoader(data, batch_size=args.batch, shuffle=True, num_workers=args.workers)
+
+    return Peers(), None
+
+
+# -- the driver ------------------------------------------------------------------------------------------------------
+def run_case(case: str, world: int, args: argparse.Namespace, work: Path) -> dict[str, float]:
+    """Launch `world` ranks of one case (rank = a process started here, as torchrun would) and sum them up."""
+    result = work / f"result-{case}-{world}"
+    port = 29500 + (os.getpid() + world * 7 + CASES.index(case)) % 2000
+    cmd = [sys.executable, "-m", "hald_tools.bench_memory", "--worker", case, "--work", str(work),
+           "--result", str(result)] + [f"--{k}={getattr(args, k)}" for k in
+                                      ("classes", "size", "batch", "steps", "model", "workers")]
+    procs = []
+    for rank in range(world):
+        env = {**os.environ, "BENCH_T0": str(time.time()), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+               "WORLD_SIZE": str(world), "RANK": str(rank), "LOCAL_RANK": str(rank), "NODE_RANK": "0",
+               "PYTHONPATH": os.pathsep.join([SRC, os.environ.get("PYTHONPATH", "")])}
+        if world == 1:
+            for k in ("MASTER_ADDR", "MASTER_PORT", "WORLD_SIZE", "RANK", "LOCAL_RANK", "NODE_RANK"):
+                env.pop(k)
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
+    for p in procs:
+        _, err = p.communicate(timeout=args.timeout)
+        if p.returncode:
+            raise RuntimeError(f"bench_memory: {case} x{world} failed (exit {p.returncode}): {err[-2000:]}")
+    rows = [json.loads(Path(f"{result}.{r}.json").read_text()) for r in range(world)]
+    return {"case": case, "ranks": world, "peak_mb": max(r["peak_mb"] for r in rows),
+            "total_peak_mb": sum(r["peak_mb"] for r in rows), "total_rss_mb": sum(r["rss_mb"] for r in rows),
+            "total_pss_mb": sum(r["pss_mb"] for r in rows), "first_step_s": max(r["first_step_s"] for r in rows)}
+
+
+def table(rows: list[dict], args: argparse.Namespace, command: str, load: tuple, gen_s: float) -> str:
+    peers = {r["ranks"]: r["peak_mb"] for r in rows if r["case"] == "peers"}
+    one = {r["case"]: r["total_pss_mb"] for r in rows if r["ranks"] == 1}
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    lines = [f"# Memory and start-up: {args.images} images, {args.size} px, {args.classes} classes",
+             "", f"- command: `{command}`",
+             f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, {mem:.1f} GiB, {platform.platform()}",
+             f"- load average (1, 5, 15 min) at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; at end: "
+             + " ".join(f"{v:.2f}" for v in os.getloadavg()),
+             f"- batch {args.batch}, {args.steps} steps, model {args.model}, {args.workers} loader workers; "
+             f"label store: {'%s GB' % args.store_gb if args.store_gb else 'none (hard crops)'}; data generated in "
+             f"{gen_s:.0f} s", "",
+             "| case | ranks | peak RSS / process (MB) | total peak RSS (MB) | total steady RSS (MB) | total PSS (MB) "
+             "| PSS vs 1 rank | first step (s) | peak vs peers |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        vs_one = r["total_pss_mb"] / one[r["case"]] if one.get(r["case"]) else float("nan")
+        vs_peers = r["peak_mb"] / peers[r["ranks"]] if peers.get(r["ranks"]) else float("nan")
+        lines.append(f"| {r['case']} | {r['ranks']} | {r['peak_mb']:.0f} | {r['total_peak_mb']:.0f} | "
+                     f"{r['total_rss_mb']:.0f} | {r['total_pss_mb']:.0f} | {vs_one:.2f}x | {r['first_step_s']:.1f} | "
+                     f"{vs_peers:.2f}x |")
+    return "\n".join(lines) + "\n"
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--images", type=int, default=2000)
+    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--classes", type=int, default=10)
+    ap.add_argument("--ranks", default="1,2")
+    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--store-gb", type=float, default=0.0, dest="store_gb")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--model", default="convnet_w32")
+    ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--timeout", type=float, default=3600)
+    ap.add_argument("--work", default=None, help="where the synthetic data goes (default: a temp dir, removed)")
+    ap.add_argument("--out", default="experiments/memory.md")
+    ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--result", default=None, help=argparse.SUPPRESS)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    args = parse(argv)
+    if args.worker:
+        args.case = args.worker
+        worker(args)
+        return []
+    command = "python -m hald_tools.bench_memory " + " ".join(argv if argv is not None else sys.argv[1:])
+    load = os.getloadavg()
+    print(f"load average: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}", flush=True)
+    work = Path(args.work or tempfile.mkdtemp(prefix="hald-bench-memory-"))
+    cases = [c for c in args.cases.split(",") if c]
+    try:
+        t = time.time()
+        if not (work / "set" / "images.npy").is_file():
+            generate(work, args.images, args.size, args.classes, jpeg="peers" in cases)
+            if args.store_gb:
+                write_store(work, args.size, args.batch, args.store_gb)
+        gen_s = time.time() - t
+        rows = []
+        for case in cases:
+            for world in [int(r) for r in args.ranks.split(",")]:
+                rows.append(run_case(case, world, args, work))
+                print(json.dumps(rows[-1]), flush=True)
+        md = table(rows, args, command, load, gen_s)
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(md)
+        print(md)
+        return rows
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
