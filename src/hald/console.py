@@ -19,7 +19,8 @@ log = logging.getLogger("hald")
 CHATTER = ("`weights_only` was not set", "Tip:", "GPU available:", "TPU available:", "HPU available:",
            "Loading `train_dataloader` to estimate", "`Trainer.fit` stopped:", "LOCAL_RANK:",
            "Trainer already configured with model summary", "has `shuffle=True`",
-           "was configured so 1 batch", "was configured so 100% of the batches")  # limit_*_batches echoes
+           "was configured so 1 batch", "was configured so 100% of the batches",  # limit_*_batches echoes
+           "Automatic Mixed Precision (AMP)")  # the run says its precision per stage once (hald/compute.py)
 
 
 class DropChatter(logging.Filter):

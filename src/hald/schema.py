@@ -18,6 +18,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from hald.compute import ComputeConfig
 from hald.errors import ConfigError
 from hald.evaluate.protocols import ProtocolConfig
 from hald.ranges import check_ranges, one_of, positive
@@ -258,6 +259,7 @@ class HaldConfig:
     hard_loss: HardLossConfig = field(default_factory=HardLossConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     trainer: Dict[str, Any] = field(default_factory=dict)
+    compute: ComputeConfig = field(default_factory=ComputeConfig)
     logger: Any = None
     paths: PathsConfig = field(default_factory=PathsConfig)
     plugins: List[str] = field(default_factory=list)

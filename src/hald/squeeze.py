@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 from torchmetrics.classification import MulticlassAccuracy
 
-from hald import dist
+from hald import compute, dist
 from hald.console import progress_callbacks
 from hald.data.sources import build_source
 from hald.data.transforms import (FixedOrder, Reseeded, Transformed, eval_transform, pad_crop_transform,
@@ -41,21 +41,22 @@ log = logging.getLogger(__name__)
 
 class TeacherModule(L.LightningModule):
     def __init__(self, net: torch.nn.Module, num_classes: int, lr: float, weight_decay: float, epochs: int,
-                 label_smoothing: float = 0.0, recipe: Mapping[str, Any] | None = None):
+                 label_smoothing: float = 0.0, recipe: Mapping[str, Any] | None = None, channels_last: bool = False):
         super().__init__()
-        self.save_hyperparameters(ignore=["net"])
-        self.net = net
+        self.save_hyperparameters(ignore=["net", "channels_last"])
+        self.channels_last = channels_last  # a layout, not a setting (hald/compute.py)
+        self.net = compute.channels_last(net, channels_last)
         self.top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
         x, y = batch
-        loss = F.cross_entropy(self.net(x), y, label_smoothing=self.hparams.label_smoothing)
+        loss = F.cross_entropy(self.net(compute.as_input(x, self.channels_last)), y, label_smoothing=self.hparams.label_smoothing)
         self.log("squeeze/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=len(y))
         return loss
 
     def test_step(self, batch, batch_idx: int) -> None:
         x, y = batch
-        self.top1.update(self.net(x), y)
+        self.top1.update(self.net(compute.as_input(x, self.channels_last)), y)
 
     def on_test_epoch_end(self) -> None:
         self.log("teacher/top1", self.top1.compute() * 100)
@@ -123,7 +124,8 @@ class EpochData(L.LightningDataModule):
 
 
 def squeeze(model_name: str, dataset: Mapping[str, Any], cfg: Mapping[str, Any], out_dir: Path,
-            trainer_kwargs: Mapping[str, Any], seed: int, work_dir: Path | None = None) -> dict[str, Any]:
+            trainer_kwargs: Mapping[str, Any], seed: int, work_dir: Path | None = None,
+            channels_last: bool = False) -> dict[str, Any]:
     """Train one teacher; writes out_dir/teacher.safetensors; returns manifest fields (incl. test top-1).
 
     work_dir: where the last checkpoint is kept between runs (resume); None = inside out_dir (no resume)."""
@@ -135,7 +137,7 @@ def squeeze(model_name: str, dataset: Mapping[str, Any], cfg: Mapping[str, Any],
     module = TeacherModule(net, int(dataset["num_classes"]), float(cfg["lr"]), float(cfg["weight_decay"]),
                            int(cfg["epochs"]), float(cfg["label_smoothing"]),
                            {k: cfg[k] for k in ("optimizer", "momentum", "nesterov", "schedule", "warmup_epochs",
-                                                "warmup_decay") if k in cfg})
+                                                "warmup_decay") if k in cfg}, channels_last)
     workers = dist.loader_workers(int(cfg["num_workers"]), f"squeeze {model_name}")
     work = Path(work_dir) if work_dir is not None else Path(out_dir) / ".work"
     ckpt = LastCheckpoint(work / "last.ckpt")

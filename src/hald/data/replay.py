@@ -114,14 +114,16 @@ def render(images: torch.Tensor, g: Geometry, out_size: int, mean: torch.Tensor,
 
     images: uint8 [N, C, H, W], the whole distilled set (all images one size), on the device that renders
     (channels-last is fastest: `render_layout`). g: on the host (its integers drive the per-image loop).
-    Returns float32 [b, C, S, S] on the images' device.
+    Returns float32 [b, C, S, S] on the images' device, channels-last.
     Per image, the resize writes integer pixels into one batch buffer (uint8 on the CPU); flip and CutMix move
     those integers, and the batch is converted to float and normalised once: the per-image work is the resize
     alone. CutMix before normalising equals CutMix after it (the normalisation is per channel).
     """
     dev, b, c = images.device, len(g), images.shape[1]
-    buf = torch.empty(b, c, out_size, out_size, device=dev,
-                      dtype=torch.uint8 if dev.type == "cpu" else torch.float32)
+    # channels-last, the layout of the resized crops and the one the networks run fastest in (hald/compute.py):
+    # every copy below is a straight one and the float batch keeps the layout (the values do not depend on it)
+    buf = torch.empty(b, c, out_size, out_size, device=dev, dtype=torch.uint8 if dev.type == "cpu" else torch.float32,
+                      memory_format=torch.channels_last)
     for k, (i, (top, left, h, w), flip) in enumerate(zip(g.index.tolist(), g.box.tolist(), g.flip.tolist())):
         y = _resize(images[i:i + 1, :, top:top + h, left:left + w], out_size)[0]
         buf[k] = y.flip(-1) if flip else y

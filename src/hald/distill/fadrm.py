@@ -33,11 +33,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hald.artifacts import plain
+from hald.artifacts import owner, plain
 from hald.data.sources import ImageSource
 from hald.distill.augment import jitter_batch
 from hald.distill.bn_matching import BNStatistics
 from hald.distill.pixels import to_uint8, valid_range
+from hald.data.image_array import MappedTensor
 from hald.distill.rded import rded_images, rded_work, resolve_factor
 from hald.distill.recover import (RecoverJob, RecoverSettings, committee_schedule, recover_real_images,
                                   resolve_jitter)
@@ -279,7 +280,7 @@ class FadrmConfig:
     holdout: Any = None
 
 
-@register("fadrm", "fadrm_plus", uses_teacher=True, collective=True, check=check_fadrm,
+@register("fadrm", "fadrm_plus", uses_teacher=True, collective=True, mixed_precision=True, check=check_fadrm,
           real_images=fadrm_real_images, cost=fadrm_cost, config=FadrmConfig)
 def distill_fadrm(source: ImageSource, dataset: Mapping[str, Any], out_dir: Path, teachers: list, method: str,
                   ipc: int, seed: int, budgets: Sequence[int] = (500, 500, 500, 500),
@@ -316,6 +317,7 @@ def distill_fadrm(source: ImageSource, dataset: Mapping[str, Any], out_dir: Path
     # records the selection).
     job.init_images, init_selection = rded_images(source, dataset, nets[0], ipc, seed, progress=progress,
                                                   **dict(rded or {}))
+    job.init_images = MappedTensor.write(job.init_images, work / f"init_images.{owner()}.npy")  # ranks map it
     del nets  # the ranks load their own
     launch_units(run_rank, job, store, trainer_kwargs, devices, method)
     records = promote_units(job, store, Path(out_dir), own_work_dir, method)

@@ -28,12 +28,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hald.artifacts import plain
+from hald.artifacts import owner, plain
 from hald.data.sources import ImageSource
 from hald.distill.augment import jitter_batch
 from hald.distill.bn_matching import BNStatistics
 from hald.distill.committee import CommitteeSchedule
 from hald.distill.pixels import normalize, to_uint8, valid_range
+from hald.data.image_array import MappedTensor
 from hald.distill.rded import rded_images, rded_real_images, rded_work, resolve_factor
 from hald.distill.registry import Cost, Work, register
 from hald.distill.runtime import load_pool_teacher, make_fabric
@@ -269,7 +270,7 @@ class RecoverConfig:
     holdout: Any = None
 
 
-@register("sre2l", "sre2lpp", "cvdd", uses_teacher=True, collective=True, check=check_recover,
+@register("sre2l", "sre2lpp", "cvdd", uses_teacher=True, collective=True, mixed_precision=True, check=check_recover,
           real_images=recover_real_images, cost=recover_cost, needs_priors=recover_needs_priors,
           single_teacher=recover_single_teacher, config=RecoverConfig)
 def distill_recover(source: ImageSource, dataset: Mapping[str, Any], out_dir: Path, teachers: list[dict[str, Any]],
@@ -301,6 +302,7 @@ def distill_recover(source: ImageSource, dataset: Mapping[str, Any], out_dir: Pa
         scorer = load_pool_teacher(teachers[0], dataset, fabric.device)
         job.init_images, init_selection = rded_images(source, dataset, scorer, ipc, seed, progress=progress,
                                                       **dict(rded or {}))
+        job.init_images = MappedTensor.write(job.init_images, work / f"init_images.{owner()}.npy")  # ranks map it
     launch_units(run_rank, job, store, trainer_kwargs, devices, "recover")
     records = promote_units(job, store, Path(out_dir), own_work_dir, "recover")
     committees = {i: {"members": [teachers[m].name for m in schedule.members(i)],

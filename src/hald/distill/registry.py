@@ -20,6 +20,8 @@ its name (tests run over `sorted(METHODS)`):
   the cost estimator (tools/rehearse) multiplies by FLOPs.
 - `needs_priors(dcfg)` / `single_teacher(dcfg)`: committee methods whose votes are weighted by measured priors
   (CV-DD): whether this config needs them, and the config of the one-teacher run that measures one.
+- `mixed_precision`: its unit loop runs the teachers under `compute.recover`'s autocast (recover, FADRM);
+  the precision then enters the image key. Others run fp32 whatever compute.recover says.
 - `config`: a dataclass of the method's `distill.*` keys: unknown keys and wrong types fail in pre-flight with
   the key named (hald/schema.py). `pool` (a teacher config) is checked as one.
 """
@@ -77,6 +79,7 @@ class Method:
     needs_priors: Callable[[Cfg], bool] = _never
     single_teacher: Callable[[Cfg], dict[str, Any]] | None = None
     config: type | None = None      # a dataclass of its `distill.*` keys (hald/schema.py checks them)
+    mixed_precision: bool = False   # its teachers' forwards run in compute.recover's precision (hald/compute.py)
 
 
 METHODS: dict[str, Method] = {}

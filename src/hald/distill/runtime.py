@@ -20,12 +20,13 @@ def make_fabric(trainer_kwargs: Mapping[str, Any] | None, devices: int = 1):
     from hald import dist
 
     accelerator = (trainer_kwargs or {}).get("accelerator", "auto")
+    precision = (trainer_kwargs or {}).get("precision", "32-true")  # compute.recover, resolved (hald/compute.py)
     if dist.active():  # inside the pipeline's DDP world: all of its ranks, or this rank's own device
         if devices > 1:
-            return Fabric(accelerator=accelerator, devices=devices, strategy="ddp")
-        return Fabric(**dist.device_kwargs(accelerator))
+            return Fabric(accelerator=accelerator, devices=devices, strategy="ddp", precision=precision)
+        return Fabric(**dist.device_kwargs(accelerator), precision=precision)
     strategy = "ddp_spawn" if devices > 1 else "auto"
-    return Fabric(accelerator=accelerator, devices=devices, strategy=strategy)
+    return Fabric(accelerator=accelerator, devices=devices, strategy=strategy, precision=precision)
 
 
 def load_pool_teacher(teacher: Teacher, dataset: Mapping[str, Any], device: torch.device) -> nn.Module:

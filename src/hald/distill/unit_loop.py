@@ -97,7 +97,8 @@ def run_units(fabric, job, step: UnitStep) -> None:
                 torch.manual_seed(unit_seed)
                 x0 = job.x0(i, k, fabric.device)
                 if job.runs(i, k):
-                    x, record = step.optimise(i, k, x0, torch.tensor(cls, device=fabric.device), on_log)
+                    with fabric.autocast():  # compute.recover (the Fabric's precision); fp32: no-op
+                        x, record = step.optimise(i, k, x0, torch.tensor(cls, device=fabric.device), on_log)
                 else:  # beyond distill.units_run: the init is the unit's image, as recorded
                     x, record = x0, {**step.skipped, "iterations": 0, "first": None, "last": None}
             write_unit(store, i, k, step.pixels(x), cls,

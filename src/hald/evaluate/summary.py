@@ -54,6 +54,7 @@ def summary_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
         ("test top-1 at phase ends", "  ".join(f"e{e['epoch']}:{e['phase']} {e['top1']:.1f}%" for e in s["eval_log"])),
         ("lr / eta", f"{s['lr']:g} / {s['eta']:g}"),
         ("stage times (s)", "  ".join(f"{k} {v}" for k, v in s["timings_s"].items())),
+        *([("compute", compute_row(c))] if (c := s.get("compute")) else []),
         ("output directory", s["output_dir"]),
     ]
     return rows + analysis_rows(s)
@@ -100,6 +101,12 @@ def analysis_rows(s: dict[str, Any]) -> list[tuple[str, str]]:
         rows.append(("LVSD: mean Tr(Sigma) / drift Tr/SLI / slope",
                      f"{v['trace_mean']:.3g} / {v['drift_at_sli']:.3g} (SLI {v['sli']}) / {v['slope']:.3f}"))
     return rows
+
+
+def compute_row(c: dict[str, Any]) -> str:
+    """How the arithmetic ran (hald/compute.py): each stage's precision, the layout, compilation."""
+    stages = "  ".join(f"{k} {c[k]}" for k in ("squeeze", "recover", "relabel", "student") if k in c)
+    return f"{stages}; {'channels-last' if c.get('channels_last') else 'NCHW'}{'; compiled' if c.get('compile') else ''}"
 
 
 def print_summary(s: dict[str, Any]) -> None:

@@ -26,7 +26,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from hald import dist
+from hald import compute, dist
 from hald.console import progress_callbacks
 from hald.data.distilled import DistilledImages
 from hald.data.replay import Geometry, render, render_layout, sample_pass
@@ -104,15 +104,23 @@ def label_groups(committee: Committee, xs: list[torch.Tensor], temperature: floa
         z = committee(torch.cat(xs))
     else:
         z = bssl_logits(committee, [c for x in xs for c in (x.split(bn_group) if bn_group else (x,))])
-    return list(torch.softmax(z / temperature, dim=1).cpu().split(sizes))
+    # float32 softmax whatever the forward's precision (the committee returns float logits)
+    return list(torch.softmax(z.float() / temperature, dim=1).cpu().split(sizes))
 
 
 class Labeller(L.LightningModule):
-    def __init__(self, committee: Committee, temperature: float, bn_group: int | None = None):
+    """The committee's labels of each loader item; its precision is the Trainer's (compute.relabel), its layout
+    `channels_last` (compute.channels_last: the teachers' weights and every batch)."""
+
+    def __init__(self, committee: Committee, temperature: float, bn_group: int | None = None,
+                 channels_last: bool = False):
         super().__init__()
         self.committee, self.temperature, self.bn_group = committee, temperature, bn_group
+        self.channels_last = channels_last
+        compute.channels_last(committee, channels_last)
 
     def predict_step(self, xs: list[torch.Tensor], batch_idx: int) -> list[torch.Tensor]:
+        xs = [compute.as_input(x, self.channels_last) for x in xs]
         return label_groups(self.committee, xs, self.temperature, self.bn_group)
 
 
@@ -161,7 +169,7 @@ def manifest_reserve(sli: int, codec: Any, cfg: Mapping[str, Any], dataset: Mapp
 
 def relabel(distilled: DistilledImages, committee: Committee, plan: Plan, cfg: Mapping[str, Any],
             dataset: Mapping[str, Any], out_dir: Path, trainer_kwargs: Mapping[str, Any] | None = None,
-            work_dir: Path | None = None) -> dict[str, Any]:
+            work_dir: Path | None = None, channels_last: bool = False) -> dict[str, Any]:
     """Write every pass's shard into out_dir; return the store's manifest fields (the caller writes it).
 
     work_dir keeps finished passes between runs (resume); None = a work dir inside out_dir (no resume)."""
@@ -171,7 +179,8 @@ def relabel(distilled: DistilledImages, committee: Committee, plan: Plan, cfg: M
     todo = [p for p in mine if not store.is_done(shard_name(p))]
     if len(todo) < len(mine):
         log.info("relabel: %d pass(es) finished before (resume), %d to do", len(mine) - len(todo), len(todo))
-    labeller = Labeller(committee, float(cfg["temperature"]), check_bssl_group(cfg.get("bssl_group_size"), bsz))
+    labeller = Labeller(committee, float(cfg["temperature"]), check_bssl_group(cfg.get("bssl_group_size"), bsz),
+                        channels_last)
     per_forward = groups_per_forward(cfg.get("groups_per_forward", "auto"),
                                      (trainer_kwargs or {}).get("accelerator", "auto"))
     kwargs = dict(trainer_kwargs or {})

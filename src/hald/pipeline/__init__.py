@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import logging
 import shutil
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,8 @@ from omegaconf import DictConfig
 from hald import artifacts, dist
 from hald.plugins import load_plugins
 from hald.evaluate.protocols import Protocol
-from hald.evaluate.summary import print_summary
-from hald.pipeline.cache import Context
+from hald.evaluate.summary import compute_row, print_summary
+from hald.pipeline.cache import Context, compute_settings
 from hald.pipeline.evaluate import stage_evaluate
 from hald.pipeline.preflight import adopt_store, preflight, resolve_class_count
 from hald.pipeline.priors import stage_priors
@@ -27,6 +28,8 @@ from hald.pipeline.stages import (Made, distill_teachers, images_and_labels, nee
                                   stage_squeeze)
 from hald.pipeline.student import check_resume_config, stage_train
 from hald.pipeline.tracking import log_run_end
+
+log = logging.getLogger("hald")
 
 
 def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
@@ -37,10 +40,12 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
     cfg = adopt_store(cfg, checked.store)  # a passed-in store's label settings: its manifest is the truth
     out_dir = out_dir or output_dir(cfg)
     check_resume_config(cfg, out_dir)  # train.resume=true continues only the same run
+    arithmetic = compute_settings(cfg)  # each stage's precision on this accelerator (a bad one stops here)
     if dist.wants_ddp(cfg.trainer):  # every stage in the DDP world: ranks > 0 re-run this script (dist.py)
         dist.launch(cfg.trainer)
     out_dir.mkdir(parents=True, exist_ok=True)
     ctx = Context(cfg, Path(cfg.paths.cache_dir).expanduser().resolve())
+    log.info("compute: %s", compute_row(arithmetic))
     teachers = stage_squeeze(ctx) if needs_teacher(cfg) else []
     pool = distill_teachers(ctx)  # the teachers the method distils with (its own committee, or `teacher`'s)
     priors = stage_priors(ctx, pool, teachers) if needs_priors(cfg.distill) else None
@@ -54,7 +59,7 @@ def run(cfg: DictConfig, out_dir: Path | None = None) -> dict[str, Any]:
         "dataset": cfg.dataset.name, "student": cfg.model.name, "teachers": [t.summary() for t in teachers],
         "distill": cfg.distill.method, "images": str(made.image_dir), "images_reused": made.images_reused,
         "labels_reused": made.store_reused, "timings_s": {k: round(v, 1) for k, v in ctx.timings.items()},
-        "output_dir": str(out_dir), **result.summary(), **extra,
+        "output_dir": str(out_dir), "compute": arithmetic, **result.summary(), **extra,
     }
     if dist.rank() == 0:
         artifacts.write_json_atomic(out_dir / "results.json", summary)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 from omegaconf import DictConfig, OmegaConf
 
-from hald import artifacts, dist
+from hald import artifacts, compute, dist
 
 log = logging.getLogger("hald")
 
@@ -50,8 +50,9 @@ def dataset_identity(ds: DictConfig) -> dict[str, Any]:
 def training_identity(cfg: DictConfig) -> dict[str, Any]:
     """What determines a student training besides its images and labels (the key of a cached training): the
     student config too, so a derived student trained with another phase or loss is never reused."""
-    return {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
-            for k in ("model", "train", "schedule", "optimizer", "soft_loss", "hard_loss", "student", "seed")}
+    parts = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
+             for k in ("model", "train", "schedule", "optimizer", "soft_loss", "hard_loss", "student", "seed")}
+    return {**parts, **compute.key_part(student_precision(cfg))}  # fp32: the keys from before the choice
 
 
 def cached(ctx: Context, stage: str, key: str, config: Any, upstream: dict[str, str],
@@ -112,6 +113,23 @@ def _build(ctx: Context, stage: str, key: str, config: Any, upstream: dict[str, 
     dist.barrier()  # the artifact is in place for every rank
     ctx.timings[stage] = ctx.timings.get(stage, 0.0) + time.time() - t0  # several teachers: their sum
     return Artifact(stage, key, path, artifacts.read_manifest(path), reused=False)
+
+
+def precision(cfg: DictConfig, stage: str) -> str:
+    """A stage's precision (compute.<stage>; the student's is trainer.precision, which follows compute.student)
+    as it runs on this run's accelerator (hald/compute.py)."""
+    value = cfg.trainer.precision if stage == "student" else cfg.compute[stage]
+    return compute.resolve(value, cfg.trainer.get("accelerator", "auto"), f"compute.{stage}")
+
+
+def student_precision(cfg: DictConfig) -> str:
+    return precision(cfg, "student")
+
+
+def compute_settings(cfg: DictConfig) -> dict[str, Any]:
+    """Every stage's precision as it runs here, the layout and compilation: results.json's `compute`."""
+    return {**{stage: precision(cfg, stage) for stage in ("squeeze", "recover", "relabel", "student")},
+            "channels_last": bool(cfg.compute.channels_last), "compile": bool(cfg.compute.compile)}
 
 
 def device_kwargs(cfg: DictConfig) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from hald import artifacts, dist
+from hald import artifacts, compute, dist
 from hald.data.distilled import DistilledImages
 from hald.data.image_array import array_beside, open_array, write_array
 from hald.data.holdout import holdout_views
@@ -25,13 +25,20 @@ from hald.labels.budget import Plan, plan_store
 from hald.labels.relabel import manifest_reserve, relabel
 from hald.labels.store import FORMAT_VERSION, store_bytes
 from hald.models.teachers import Committee, Teacher, build_committee, committee_weights
-from hald.pipeline.cache import Context, cached, dataset_identity, device_kwargs, squeeze_device_kwargs
+from hald.pipeline.cache import (Context, cached, dataset_identity, device_kwargs, precision,
+                                 squeeze_device_kwargs)
 from hald.squeeze import squeeze
 
 log = logging.getLogger("hald")
 
 
 # -- squeeze -----------------------------------------------------------------------------------------------------
+def with_precision(prec: str) -> list[dict[str, str]]:
+    """The key part of a stage's precision: none for fp32, so the keys from before the choice stay valid."""
+    part = compute.key_part(prec)
+    return [part] if part else []
+
+
 def stage_squeeze(ctx: Context) -> list[Teacher]:
     """The pipeline's teacher(s), which relabel: one entry per model of `teacher`."""
     return squeeze_teachers(ctx, ctx.cfg.teacher)
@@ -52,12 +59,13 @@ def squeeze_teachers(ctx: Context, tcfg: DictConfig) -> list[Teacher]:
         if tcfg.pretrained:
             teachers.append(Teacher(name, artifacts.key_of(name, tcfg.pretrained), source=str(tcfg.pretrained)))
             continue
-        sq = tcfg.squeeze
-        key = artifacts.key_of(ds, name, sq, cfg.seed)
+        sq, prec = tcfg.squeeze, precision(cfg, "squeeze")
+        key = artifacts.key_of(ds, name, sq, cfg.seed, *with_precision(prec))
         work_dir = ctx.cache / "squeeze" / f".partial-{key}"  # last.ckpt between runs (resume)
-        art = cached(ctx, "squeeze", key, {"dataset": ds, "model": name, "squeeze": sq, "seed": cfg.seed}, {},
-                     lambda tmp: squeeze(name, cfg.dataset, sq, tmp, squeeze_device_kwargs(cfg), int(cfg.seed),
-                                         work_dir), collective=True)
+        art = cached(ctx, "squeeze", key, {"dataset": ds, "model": name, "squeeze": sq, "seed": cfg.seed,
+                                           **compute.key_part(prec)}, {},
+                     lambda tmp: squeeze(name, cfg.dataset, sq, tmp, {**squeeze_device_kwargs(cfg), "precision": prec},
+                                         int(cfg.seed), work_dir, bool(cfg.compute.channels_last)), collective=True)
         shutil.rmtree(work_dir, ignore_errors=True)  # the artifact is complete
         teachers.append(Teacher(name, key, str(art.path / "teacher.safetensors"), art.manifest["test_top1"],
                                 art.reused, "squeeze"))
@@ -138,6 +146,8 @@ def stage_distill(ctx: Context, pool: list[Teacher], priors: list[float] | None 
             raise RuntimeError("stage_distill: this committee needs priors (pipeline/priors.py measures them)")
         dcfg["priors"] = list(priors)
     ds = dataset_identity(cfg.dataset)
+    prec = precision(cfg, "recover") if method.mixed_precision else compute.FP32  # its teachers' forwards
+    dcfg.update(compute.key_part(prec))  # fp32: the keys from before the choice
     key = artifacts.key_of(ds, dcfg, [t.key for t in pool] if method.uses_teacher else [])
     upstream = {t.name: t.key for t in pool} if method.uses_teacher else {}
     work_dir = ctx.cache / "distill" / f".partial-{key}"
@@ -148,7 +158,7 @@ def stage_distill(ctx: Context, pool: list[Teacher], priors: list[float] | None 
         if dcfg.get("holdout"):  # priors: distil from the train split minus the part that measures them
             source, _ = holdout_views(source, float(dcfg["holdout"]["fraction"]), int(dcfg["holdout"]["seed"]))
         made = method.build(source=source, dataset=cfg.dataset, out_dir=tmp, teachers=pool,
-                            trainer_kwargs=device_kwargs(cfg), work_dir=work_dir, **dcfg)
+                            trainer_kwargs={**device_kwargs(cfg), "precision": prec}, work_dir=work_dir, **dcfg)
         if dist.rank() == 0:  # the pixels once more, as the array every process maps (data/image_array.py)
             write_array(tmp, tmp / made["images_dir"], list(classes), int(cfg.dataset.channels))
         return {**made, "classes": list(classes)}
@@ -166,7 +176,7 @@ def relabel_config(cfg: DictConfig) -> dict[str, Any]:
     for k in ("store", "num_workers", "groups_per_forward"):
         lcfg.pop(k, None)
     lcfg["label_budget"] = cfg.get("label_budget")
-    return lcfg
+    return {**lcfg, **compute.key_part(precision(cfg, "relabel"))}  # fp32: the keys from before the choice
 
 
 def teacher_config(cfg: DictConfig, teachers: list[Teacher] | None = None) -> dict[str, Any]:
@@ -217,7 +227,8 @@ def stage_relabel(ctx: Context, images: DistilledImages, image_key: str, teacher
 
     def build(tmp: Path) -> dict[str, Any]:
         fields = relabel(images, relabel_committee(cfg, teachers), plan, cfg.labels, cfg.dataset, tmp,
-                         device_kwargs(cfg), work_dir)
+                         {**device_kwargs(cfg), "precision": precision(cfg, "relabel")}, work_dir,
+                         channels_last=bool(cfg.compute.channels_last))
         return {"dataset": cfg.dataset.name,
                 "teachers": [{"name": t.name, "key": t.key, "source": t.source} for t in teachers],
                 **fields}
@@ -260,6 +271,7 @@ def images_and_labels(ctx: Context, teachers: list[Teacher], pool: list[Teacher]
     store_path, store_reused = stage_relabel(ctx, images, image_key, teachers)
     return Made(images, image_dir, image_key, images_reused, store_path, store_reused,
                 given=method_of(cfg.distill.method).given)
+
 
 def distilled_images(ctx: Context, image_dir: Path) -> DistilledImages:
     """A distill artifact's images, mapped from its array; an artifact made by an earlier hald (PNGs only) gets

@@ -20,7 +20,7 @@ from hald.evaluate.summary import best_every
 from hald.data.sources import build_source
 from hald.labels.store import open_store_for, store_bytes
 from hald.models import build_backbone
-from hald.pipeline.cache import Context
+from hald.pipeline.cache import Context, student_precision
 from hald.pipeline.tracking import build_loggers, log_run_start
 from hald.train.callbacks import PhaseScheduler, analysis_callbacks, analysis_results
 from hald.train.export import export_student
@@ -113,8 +113,11 @@ def stage_train(ctx: Context, images: DistilledImages, store_path: Path, out_dir
     dm = instantiate(cfg.student.datamodule)(distilled=images, store=store, dataset=OmegaConf.to_container(ds, resolve=True),
                                              schedule=schedule, phases=phases,
                                              eval_source=eval_source or build_source(ds, "test"))
+    precision = student_precision(cfg)
     module = instantiate(cfg.student.module)(net=net, num_classes=int(ds.num_classes), schedule=schedule,
-                                             phases=dm.phases, lr=lr, eta=eta)
+                                             phases=dm.phases, lr=lr, eta=eta,
+                                             channels_last=bool(cfg.compute.channels_last),
+                                             compile=bool(cfg.compute.compile))
     last_ckpt = last_checkpoint(out_dir)
     resume, done_epoch = usable_checkpoint(last_ckpt) if cfg.train.resume else (None, None)
     # What this training is: its config and the content of its images and labels (train/identity.py).
@@ -142,7 +145,8 @@ def stage_train(ctx: Context, images: DistilledImages, store_path: Path, out_dir
                         num_sanity_val_steps=0, callbacks=callbacks, logger=loggers or False,
                         default_root_dir=str(out_dir),
                         # Lightning's layer table is chatter in a log (trainer.enable_model_summary=true shows it)
-                        **{"enable_model_summary": False, **OmegaConf.to_container(cfg.trainer, resolve=True)})
+                        **{"enable_model_summary": False, **OmegaConf.to_container(cfg.trainer, resolve=True),
+                           "precision": precision})
     label_bytes = store_bytes(store_path)
     for lg in loggers:
         lg.log_hyperparams({"labels/bytes": label_bytes, "labels/slc": store.manifest["slc"],

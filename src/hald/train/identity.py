@@ -26,7 +26,11 @@ STATE_KEY = "hald_run_state"
 NOT_IDENTITY = ("paths", "logger", "evaluate", "task_name", "tags", "train.resume", "train.resume_across",
                 "train.checkpoint_every", "train.num_workers", "labels.num_workers", "teacher.squeeze.num_workers",
                 "dataset.download", "trainer.enable_progress_bar", "trainer.enable_model_summary",
-                "trainer.log_every_n_steps")
+                "trainer.log_every_n_steps",
+                # the artifacts' precision is in their keys (the identity's artifacts part); layout and
+                # compilation change how the arithmetic runs, not what is trained (hald/compute.py)
+                "compute.name", "compute.squeeze", "compute.relabel", "compute.recover", "compute.channels_last",
+                "compute.compile")
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -71,7 +75,8 @@ def saved_identity(ckpt: Path) -> dict[str, Any] | None:
 # Keys added by a later hald, with the value that gives the behaviour from before they existed: a checkpoint
 # that lacks one trained with that value, so finding it there is no change.
 ADDED = {"optimizer.name": "adamw", "optimizer.momentum": 0.9, "optimizer.lr_schedule": "cosine",
-         "optimizer.step_size": None, "optimizer.gamma": 0.1, "train.eval_offset": 0}
+         "optimizer.step_size": None, "optimizer.gamma": 0.1, "train.eval_offset": 0,
+         "compute.student": "32-true"}
 
 
 def changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]:

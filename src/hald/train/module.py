@@ -11,6 +11,7 @@ from timm.optim import param_groups_weight_decay
 from torchmetrics import MaxMetric
 from torchmetrics.classification import MulticlassAccuracy
 
+from hald import compute
 from hald.train.phases import Phase
 from hald.train.schedule import Schedule
 
@@ -30,10 +31,14 @@ class StudentModule(L.LightningModule):
     def __init__(self, net: nn.Module, num_classes: int, schedule: Schedule, phases: Mapping[str, Phase], lr: float,
                  eta: float = 2.0, weight_decay: float = 0.01, betas=(0.9, 0.999),
                  micro_batch_size: int | None = None, optimizer: str = "adamw", momentum: float = 0.9,
-                 lr_schedule: str = "cosine", step_size: int | None = None, gamma: float = 0.1):
+                 lr_schedule: str = "cosine", step_size: int | None = None, gamma: float = 0.1,
+                 channels_last: bool = False, compile: bool = False):
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "schedule", "phases"])
-        self.net, self.schedule, self.phases = net, schedule, dict(phases)
+        self.save_hyperparameters(ignore=["net", "schedule", "phases", "channels_last", "compile"])
+        # Layout and compilation change how the arithmetic runs, not what is trained (hald/compute.py)
+        self.channels_last = channels_last
+        self.net = compute.compiled(compute.channels_last(net, channels_last), compile, "student")
+        self.schedule, self.phases = schedule, dict(phases)
         self.epoch_paths: dict[int, set[str]] = {}  # which phase's loss ran in each epoch (audited by tests)
         k = min(5, num_classes)
         self.val_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
@@ -44,7 +49,7 @@ class StudentModule(L.LightningModule):
         self.eval_log: list[dict] = []  # test accuracy at every evaluated epoch (phase ends included)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net(compute.as_input(x, self.channels_last))
 
     @property
     def phase(self) -> str:
