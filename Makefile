@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 # Exact torch builds: local wheels on the dev/CI machines; change for your CUDA if needed.
 TORCH   ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: help install run test test-slow test-all chaos bench bench-quick rehearse clean
+.PHONY: help install run test test-slow test-all chaos bench bench-quick bench-memory bench-speed gpu-check rehearse clean
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
 
@@ -34,8 +34,18 @@ test-all: $(STAMP)  ## everything
 chaos: $(STAMP)  ## reliability: kill -9 and resume in every stage, DDP in every stage, failing sweep jobs, faults
 	WANDB_MODE=disabled OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests/test_reliability.py $(ARGS)
 
-bench: $(STAMP)  ## the five storage/data-path benchmarks (ratios side by side); writes experiments/bench.md; on a GPU: ARGS="--device cuda"
+bench: $(STAMP)  ## the five storage/data-path benchmarks (ratios side by side) + the speed benchmarks; writes experiments/bench.md and speed.md; on a GPU: ARGS="--device cuda"
 	WANDB_MODE=disabled $(BIN)/python -m hald_tools.bench $(ARGS)
+	WANDB_MODE=disabled $(BIN)/python -m hald_tools.bench_speed
+
+bench-speed: $(STAMP)  ## hald's fast defaults vs a re-created peer loop (relabel pass, student epoch, recover) + the fast paths' accuracy (reads outputs/speed from experiments/speed.sh); writes experiments/speed.md
+	WANDB_MODE=disabled $(BIN)/python -m hald_tools.bench_speed $(ARGS)
+
+gpu-check: $(STAMP)  ## every accelerator path once (device rendering, fp32 / bf16 / 16-mixed steps, relabel img/s, peak GPU memory, bench 1-3) in <= 8 min on one GPU; runs on CPU too; writes outputs/gpu-check.md
+	WANDB_MODE=disabled $(BIN)/python -m hald_tools.gpu_check $(ARGS)
+
+bench-memory: $(STAMP)  ## peak/steady RSS, PSS and time to the first step, 1 and 2 DDP ranks, vs the peers' JPEG path; writes experiments/memory.md (full shape: ARGS="--images 50000 --size 224 --classes 1000 --model resnet18")
+	WANDB_MODE=disabled $(BIN)/python -m hald_tools.bench_memory $(ARGS)
 
 bench-quick: $(STAMP)  ## benchmarks 1-4 only (seconds; skips the accuracy multirun)
 	WANDB_MODE=disabled $(BIN)/python -m hald_tools.bench --skip-accuracy --out outputs/bench-quick.md $(ARGS)

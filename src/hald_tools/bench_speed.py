@@ -20,7 +20,6 @@ against `recover.recover_unit`.
 """
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -304,45 +303,64 @@ def bench_paths(size: int = 224, batch: int = 16, repeat: int = 5, with_compile:
              "first step s (compiles)": compile_s[name] if paths[name][2] else None} for name, t in ts.items()]
 
 
-# -- accuracy (experiments/speed.sh writes the runs) ---------------------------------------------------------------------
-VARIANTS = {  # name: (what it runs, the overrides of experiments/speed.sh)
-    "peers": "fp32, NCHW everywhere (compute=fp32 compute.channels_last=false)",
-    "fp32": "fp32, channels-last (compute=fp32)",
-    "student": "bf16 student only (compute=fast compute.squeeze=32-true compute.relabel=32-true)",
-    "labels": "bf16 student + bf16 relabel (compute=fast compute.squeeze=32-true)",
-    "fast": "the fast defaults: bf16 squeeze, relabel and student (compute=fast)",
-}
+def fmt(rows: list[dict]) -> str:
+    if not rows:
+        return "(no rows)\n"
+    keys = list(rows[0])
+    cell = lambda v: "—" if v is None else f"{v:,.3g}" if isinstance(v, float) and abs(v) < 0.01 else (  # noqa: E731
+        f"{v:,.2f}" if isinstance(v, float) else str(v))
+    return "\n".join(["| " + " | ".join(keys) + " |", "|" + "---|" * len(keys),
+                      *["| " + " | ".join(cell(r.get(k)) for k in keys) + " |" for r in rows]]) + "\n"
 
 
-def accuracy_rows(root: Path) -> list[dict]:
-    """Student top-1 (final epoch) over seeds per variant, and stage seconds, from results.json files."""
-    rows = []
-    for name, what in VARIANTS.items():
-        runs = [json.loads(p.read_text()) for p in sorted((root / name).glob("*/results.json"))]
-        if not runs:
-            continue
-        top1 = np.array([r["top1"] for r in runs])
-        secs = {k: np.mean([r["timings_s"].get(k, 0.0) for r in runs]) for k in ("squeeze", "relabel", "train")}
-        rows.append({"variant": name, "runs": what, "seeds": len(runs),
-                     "top-1": f"{top1.mean():.2f} ± {top1.std(ddof=1) if len(top1) > 1 else 0:.2f}",
-                     "teacher top-1": f"{np.mean([r['teachers'][0]['top1'] for r in runs]):.2f}",
-                     "squeeze s": secs["squeeze"], "train s": secs["train"]})
-    return rows
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+    import os
+    import platform
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    ap = argparse.ArgumentParser(description="hald speed benchmarks (sections 6-8 of make bench)")
+    ap.add_argument("--out", type=Path, default=root / "experiments" / "speed.md")
+    ap.add_argument("--accuracy", type=Path, default=root / "outputs" / "speed",
+                    help="where experiments/speed.sh wrote its runs (run it first; ~25 min)")
+    ap.add_argument("--run-accuracy", action="store_true", help="run experiments/speed.sh first")
+    ap.add_argument("--quick", action="store_true", help="small shapes, one repeat (a smoke test, not numbers)")
+    ap.add_argument("--no-compile", action="store_true", help="skip the compiled rows (compiling takes minutes)")
+    a = ap.parse_args(argv)
+    if a.run_accuracy:
+        subprocess.run(["bash", str(root / "experiments" / "speed.sh")], cwd=root, check=True)
+    load = os.getloadavg()
+    n, rep = (16, 1) if a.quick else (64, 3)
+    sizes = (64,) if a.quick else (224, 64)
+    torch.set_num_threads(os.cpu_count() or 1)
+    t0 = time.time()
+    speed = [row for size in sizes for row in (bench_relabel_pass(size, n=n, repeat=rep),
+                                                bench_student_epoch(size, n=n, repeat=rep))]
+    speed += bench_recover(sizes[0], batch=4 if a.quick else 10, iterations=2 if a.quick else 3, repeat=rep)
+    paths = bench_paths(sizes[0], batch=8 if a.quick else 16, repeat=1 if a.quick else 5,
+                        with_compile=not (a.quick or a.no_compile))
+    head = (f"Machine: {platform.machine()}, {os.cpu_count()} CPU cores, torch {torch.__version__}, "
+            f"{torch.get_num_threads()} threads, native bf16: {compute.native_bf16('cpu')}; "
+            f"{time.strftime('%Y-%m-%d %H:%M')}; command: `python -m hald_tools.bench_speed"
+            f"{' ' + ' '.join(argv or []) if argv else ''}`; load average at start {load[0]:.2f} / {load[1]:.2f} / "
+            f"{load[2]:.2f}, at end {os.getloadavg()[0]:.2f} (1 min; ratios moved 3-10x under load here); "
+            f"{time.time() - t0:.0f} s.\n")
+    from hald_tools.speed_accuracy import accuracy_rows, label_agreement
+
+    acc, agree = accuracy_rows(a.accuracy), label_agreement(a.accuracy)
+    text = "\n".join([
+        "# Speed: hald's fast defaults against the peers' loop\n", head,
+        "## 6. Relabel pass, student epoch, recover (hald / peers; goal <= 0.5 at 224 px with the fast defaults)\n",
+        "Medians of interleaved runs (one warm-up). Peers: the loop re-created in `hald_tools/bench_speed.py` "
+        "(per-image PIL transforms, fp32 eager NCHW, one torch.save file per stored batch).\n", fmt(speed),
+        f"## 7. One student train step at {sizes[0]} px by path (batch {8 if a.quick else 16})\n", fmt(paths),
+        "## 8. Accuracy of the fast paths (mnist5k, HALD schedule, ipc 10, SLC 50, 300 epochs; experiments/speed.sh)\n",
+        fmt(acc), "bf16 labels against fp32 labels (same fp32 teacher, same images, same crops):\n", fmt(agree)])
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(text)
+    print(text)
 
 
-def label_agreement(root: Path) -> list[dict]:
-    """bf16 labels against fp32 labels of the same teacher and images (variants `student` and `labels` share
-    both: squeeze in fp32, the same distilled images): KL(fp32 || bf16) per label and argmax agreement."""
-    from hald.labels.store import LabelStore
-
-    rows = []
-    for a, b in zip(sorted((root / "student").glob("*/results.json")), sorted((root / "labels").glob("*/results.json"))):
-        sa, sb = (LabelStore.open(json.loads(p.read_text())["store"], deep=False) for p in (a, b))
-        p32 = torch.cat([sa[r].labels for r in range(len(sa))]).double().clamp_min(1e-12)
-        p16 = torch.cat([sb[r].labels for r in range(len(sb))]).double().clamp_min(1e-12)
-        kl = (p32 * (p32.log() - p16.log())).sum(1)
-        rows.append({"seed": json.loads(a.read_text()).get("seed", a.parent.name), "labels": len(p32),
-                     "KL(fp32 || bf16) mean": float(kl.mean()), "KL max": float(kl.max()),
-                     "top-1 agreement %": 100 * float((p32.argmax(1) == p16.argmax(1)).double().mean()),
-                     "max |p32 - p16|": float((p32 - p16).abs().max())})
-    return rows
+if __name__ == "__main__":
+    main()

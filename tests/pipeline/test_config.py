@@ -7,7 +7,8 @@ import torch
 from conftest import FAST, ROOT, compose
 from hald.models import build_backbone
 
-GROUPS = ["dataset", "model", "teacher", "distill", "labels", "codec", "schedule", "train", "trainer", "logger", "experiment"]
+GROUPS = ["dataset", "model", "teacher", "distill", "labels", "codec", "schedule", "train", "trainer", "compute", "logger",
+          "experiment"]
 OPTIONS = [(g, p.stem) for g in GROUPS for p in sorted((ROOT / "conf" / g).glob("*.yaml"))]
 
 
