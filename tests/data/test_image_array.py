@@ -167,3 +167,14 @@ def test_an_artifact_from_an_earlier_hald_gets_its_array_once(mnist, tmp_path, c
     assert "made by an earlier hald" in caplog.text and images.array
     assert torch.equal(images.images, decoded.images) and images.sha256 == decoded.sha256
     assert image_array.open_images(old / "images", images.classes, 1).array == ""  # analysis scripts: decoded
+
+
+def test_a_mapped_tensor_pickles_by_path(tmp_path):
+    """Recover's RDED init images reach its spawned ranks as a path, not as pixels."""
+    init = (torch.rand(3, 2, 1, 28, 28) * 255).to(torch.uint8)
+    shared = image_array.MappedTensor.write(init, tmp_path / "init.npy")
+    blob = pickle.dumps(shared)
+    assert len(blob) < 1024 < init.numel()
+    back = pickle.loads(blob)
+    assert torch.equal(back[[0, 2], 1], init[[0, 2], 1]) and back.shape == init.shape
+    assert not [p for p in tmp_path.iterdir() if p.name != "init.npy"]  # no temp file left

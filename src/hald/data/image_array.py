@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -99,3 +100,38 @@ def array_beside(root: Path) -> bool:
         return has_array(meta.parent) and json.loads(meta.read_text()).get("images_dir") == Path(root).name
     except (OSError, json.JSONDecodeError):
         return False
+
+
+class MappedTensor:
+    """A tensor kept in an .npy file and mapped read-only; pickles by path, so a spawned process maps the file
+    instead of receiving a copy (recover's RDED init images, pickled to its ddp_spawn ranks). Indexing returns
+    a tensor."""
+
+    def __init__(self, path: Path | str):
+        self.path, self._tensor = str(path), None
+
+    @classmethod
+    def write(cls, tensor: torch.Tensor, path: Path) -> "MappedTensor":
+        """Write `tensor` atomically to `path` (same-directory temp file + rename) and map it."""
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with atomic_write(Path(path)) as tmp, open(tmp, "wb") as f:
+            np.save(f, tensor.detach().cpu().contiguous().numpy())
+        return cls(path)
+
+    @property
+    def tensor(self) -> torch.Tensor:
+        if self._tensor is None:
+            with warnings.catch_warnings():  # read-only by design
+                warnings.filterwarnings("ignore", message=".*not writable.*")
+                self._tensor = torch.from_numpy(np.load(self.path, mmap_mode="r"))
+        return self._tensor
+
+    def __getitem__(self, index: Any) -> torch.Tensor:
+        return self.tensor[index]
+
+    @property
+    def shape(self) -> torch.Size:
+        return self.tensor.shape
+
+    def __getstate__(self) -> dict:
+        return {"path": self.path, "_tensor": None}
