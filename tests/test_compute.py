@@ -127,3 +127,21 @@ def test_compute_settings_lists_every_stage(tmp_path):
     s = compute_settings(compose(["compute=fp32", "trainer.accelerator=cpu"], tmp_path))
     assert s == {"squeeze": "32-true", "recover": "32-true", "relabel": "32-true", "student": "32-true",
                  "channels_last": True, "compile": False}
+
+
+@pytest.mark.slow
+def test_compiled_student_trains_under_ddp_and_resumes(tmp_path):
+    """compute.compile=true: two gloo ranks train a compiled student; a resume of the finished run with more
+    epochs continues from its checkpoint (parameter names unchanged by nn.Module.compile)."""
+    args = [*FAST, "compute.compile=true", "train.epochs=2", "train.checkpoint_every=1", "trainer=ddp_cpu",
+            "trainer.devices=2", f"paths.cache_dir={tmp_path}/cache", f"hydra.run.dir={tmp_path}/run"]
+    r = subprocess.run([sys.executable, "src/run.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    first = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert first["compute"]["compile"] is True and "student: torch.compile on" in r.stdout + r.stderr
+    r = subprocess.run([sys.executable, "src/run.py", *args[:-1], "train.epochs=3", "train.resume=true",
+                        "train.resume_across=[train.epochs]", f"hydra.run.dir={tmp_path}/run"], cwd=ROOT,
+                       capture_output=True, text=True, timeout=1200)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    again = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert again["resumed"]["from_epoch"] == 1 and [e["epoch"] for e in again["eval_log"]][-1] == 2

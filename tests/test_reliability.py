@@ -19,7 +19,7 @@ from omegaconf import OmegaConf
 import torch
 
 from conftest import FAST, ROOT
-from hald import artifacts, pipeline
+from hald import artifacts, compute, pipeline
 from hald.data.distilled import DistilledError, load_distilled, write_imagefolder
 from hald.errors import ConfigError, DivergedError
 
@@ -157,6 +157,8 @@ def test_ddp_two_processes_in_every_stage_equal_one_process(tmp_path):
     test = Transformed(build_source(cfg.dataset, "test"), eval_transform(cfg.dataset))
     x = torch.stack([test[i][0] for i in range(len(test))])
     y = torch.tensor([test[i][1] for i in range(len(test))])
+    assert res["compute"]["channels_last"]  # evaluated in fp32 (module._update), in the run's layout
+    net, x = compute.channels_last(net), compute.as_input(x)
     with torch.no_grad():
         top1 = (net.eval()(x).argmax(1) == y).float().mean().item() * 100
     assert res["top1"] == pytest.approx(top1, abs=1e-4)

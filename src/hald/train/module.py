@@ -101,7 +101,10 @@ class StudentModule(L.LightningModule):
     # -- evaluation on the real test split -------------------------------------------------------------------
     def _update(self, batch, top1: MulticlassAccuracy, top5: MulticlassAccuracy) -> None:
         x, y = batch
-        logits = self(x)
+        # Accuracy is measured in fp32 whatever the training precision (compute.student): the number belongs to
+        # the weights, and the exported student evaluated anywhere in fp32 gives it again.
+        with torch.autocast(x.device.type, enabled=False):
+            logits = self(x.float())
         top1.update(logits, y)
         top5.update(logits, y)
 
