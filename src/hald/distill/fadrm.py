@@ -44,6 +44,7 @@ from hald.distill.recover import (RecoverJob, RecoverSettings, committee_schedul
                                   resolve_jitter)
 from hald.distill.unit_loop import UnitStep, ends, launch_units, promote_units, run_units
 from hald.distill.registry import Cost, Work, register
+from hald import compute
 from hald.distill.runtime import load_pool_teacher, make_fabric
 from hald.errors import ConfigError
 from hald.units import UnitStore
@@ -185,7 +186,8 @@ def run_rank(fabric, job: RecoverJob) -> None:
 
     def load(i: int) -> None:  # every unit's teachers: loaded once, for the first unit that runs
         if not nets:
-            nets.extend(load_pool_teacher(t, job.dataset, fabric.device) for t in job.teachers)
+            nets.extend(compute.channels_last(load_pool_teacher(t, job.dataset, fabric.device), job.channels_last)
+                        for t in job.teachers)
 
     def optimise(i, k, x0, targets, on_log):
         x, hist = fadrm_unit(nets, x0, targets, job.dataset, job.settings, on_log)
@@ -280,7 +282,7 @@ class FadrmConfig:
     holdout: Any = None
 
 
-@register("fadrm", "fadrm_plus", uses_teacher=True, collective=True, mixed_precision=True, check=check_fadrm,
+@register("fadrm", "fadrm_plus", uses_teacher=True, collective=True, check=check_fadrm,
           real_images=fadrm_real_images, cost=fadrm_cost, config=FadrmConfig)
 def distill_fadrm(source: ImageSource, dataset: Mapping[str, Any], out_dir: Path, teachers: list, method: str,
                   ipc: int, seed: int, budgets: Sequence[int] = (500, 500, 500, 500),
@@ -309,7 +311,8 @@ def distill_fadrm(source: ImageSource, dataset: Mapping[str, Any], out_dir: Path
     store = UnitStore(work)
     progress = bool((trainer_kwargs or {}).get("enable_progress_bar", True))
     job = RecoverJob(list(turns), dataset, settings, schedule, "rded", None, ipc, class_chunk, seed,
-                     work, progress, cpu_threads, None if units_run is None else int(units_run))
+                     work, progress, cpu_threads, None if units_run is None else int(units_run),
+                     channels_last=bool((trainer_kwargs or {}).get("channels_last")))
     device = make_fabric(trainer_kwargs).device
     nets = [load_pool_teacher(t, dataset, device) for t in turns]
     check_sizes(nets, [t.name for t in turns], sorted(set(sizes)), int(dataset["channels"]))

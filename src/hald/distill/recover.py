@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from hald import compute
 from hald.artifacts import owner, plain
 from hald.data.sources import ImageSource
 from hald.distill.augment import jitter_batch
@@ -117,6 +118,7 @@ class RecoverJob:
     progress: bool
     cpu_threads: int | None = None
     units_run: int | None = None  # recover only the first N units; the others keep their init (make rehearse)
+    channels_last: bool = False  # compute.channels_last: the teachers' weights and the pixels (hald/compute.py)
 
     @property
     def num_classes(self) -> int:
@@ -153,7 +155,8 @@ def run_rank(fabric, job: RecoverJob) -> None:
     def load(i: int) -> None:
         for m in voters(i):
             if m not in nets:
-                nets[m] = load_pool_teacher(job.teachers[m], job.dataset, fabric.device)
+                nets[m] = compute.channels_last(load_pool_teacher(job.teachers[m], job.dataset, fabric.device),
+                                                job.channels_last)
 
     def optimise(i, k, x0, targets, on_log):
         members, weights = voters(i), job.schedule.weights(i)
@@ -295,7 +298,8 @@ def distill_recover(source: ImageSource, dataset: Mapping[str, Any], out_dir: Pa
     store = UnitStore(work)
     progress = bool((trainer_kwargs or {}).get("enable_progress_bar", True))
     job = RecoverJob(teachers, dataset, settings, schedule, init, None, ipc, class_chunk, seed, work, progress,
-                     cpu_threads, None if units_run is None else int(units_run))
+                     cpu_threads, None if units_run is None else int(units_run),
+                     channels_last=bool((trainer_kwargs or {}).get("channels_last")))
     init_selection = None
     if init == "rded":  # cheap and deterministic: recomputed on resume (the manifest records the selection)
         fabric = make_fabric(trainer_kwargs)

@@ -20,7 +20,7 @@ its name (tests run over `sorted(METHODS)`):
   the cost estimator (tools/rehearse) multiplies by FLOPs.
 - `needs_priors(dcfg)` / `single_teacher(dcfg)`: committee methods whose votes are weighted by measured priors
   (CV-DD): whether this config needs them, and the config of the one-teacher run that measures one.
-- `mixed_precision`: its unit loop runs the teachers under `compute.recover`'s autocast (recover, FADRM);
+- `mixed_precision`: its unit loop runs the teachers under `compute.recover`'s autocast (SRe2L / CV-DD recover);
   the precision then enters the image key. Others run fp32 whatever compute.recover says.
 - `config`: a dataclass of the method's `distill.*` keys: unknown keys and wrong types fail in pre-flight with
   the key named (hald/schema.py). `pool` (a teacher config) is checked as one.

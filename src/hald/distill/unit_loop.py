@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from hald import dist
+from hald import compute, dist
 from hald.console import Ticker, is_terminal
 from hald.data.distilled import load_distilled, save_png
 from hald.distill.runtime import intra_op_threads, make_fabric, save_grid
@@ -95,7 +95,7 @@ def run_units(fabric, job, step: UnitStep) -> None:
 
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(unit_seed)
-                x0 = job.x0(i, k, fabric.device)
+                x0 = compute.as_input(job.x0(i, k, fabric.device), job.channels_last)  # the layout, not the values
                 if job.runs(i, k):
                     with fabric.autocast():  # compute.recover (the Fabric's precision); fp32: no-op
                         x, record = step.optimise(i, k, x0, torch.tensor(cls, device=fabric.device), on_log)

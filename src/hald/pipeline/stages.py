@@ -158,7 +158,9 @@ def stage_distill(ctx: Context, pool: list[Teacher], priors: list[float] | None 
         if dcfg.get("holdout"):  # priors: distil from the train split minus the part that measures them
             source, _ = holdout_views(source, float(dcfg["holdout"]["fraction"]), int(dcfg["holdout"]["seed"]))
         made = method.build(source=source, dataset=cfg.dataset, out_dir=tmp, teachers=pool,
-                            trainer_kwargs={**device_kwargs(cfg), "precision": prec}, work_dir=work_dir, **dcfg)
+                            trainer_kwargs={**device_kwargs(cfg), "precision": prec,
+                                            "channels_last": bool(cfg.compute.channels_last)},
+                            work_dir=work_dir, **dcfg)
         if dist.rank() == 0:  # the pixels once more, as the array every process maps (data/image_array.py)
             write_array(tmp, tmp / made["images_dir"], list(classes), int(cfg.dataset.channels))
         return {**made, "classes": list(classes)}
