@@ -131,7 +131,7 @@ def test_compute_settings_lists_every_stage(tmp_path):
 
 @pytest.mark.slow
 def test_compiled_student_trains_under_ddp_and_resumes(tmp_path):
-    """compute.compile=true: two gloo ranks train a compiled student; a resume of the finished run with more
+    """compute.compile=true: two gloo ranks train a compiled teacher and student; a resume of the finished run with more
     epochs continues from its checkpoint (parameter names unchanged by nn.Module.compile)."""
     args = [*FAST, "compute.compile=true", "train.epochs=2", "train.checkpoint_every=1", "trainer=ddp_cpu",
             "trainer.devices=2", f"paths.cache_dir={tmp_path}/cache", f"hydra.run.dir={tmp_path}/run"]
@@ -139,6 +139,7 @@ def test_compiled_student_trains_under_ddp_and_resumes(tmp_path):
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     first = json.loads((tmp_path / "run" / "results.json").read_text())
     assert first["compute"]["compile"] is True and "student: torch.compile on" in r.stdout + r.stderr
+    assert "squeeze: torch.compile on" in r.stdout + r.stderr  # the teacher's steps too
     r = subprocess.run([sys.executable, "src/run.py", *args[:-1], "train.epochs=3", "train.resume=true",
                         "train.resume_across=[train.epochs]", f"hydra.run.dir={tmp_path}/run"], cwd=ROOT,
                        capture_output=True, text=True, timeout=1200)

@@ -41,11 +41,12 @@ log = logging.getLogger(__name__)
 
 class TeacherModule(L.LightningModule):
     def __init__(self, net: torch.nn.Module, num_classes: int, lr: float, weight_decay: float, epochs: int,
-                 label_smoothing: float = 0.0, recipe: Mapping[str, Any] | None = None, channels_last: bool = False):
+                 label_smoothing: float = 0.0, recipe: Mapping[str, Any] | None = None, channels_last: bool = False,
+                 compile: bool = False):
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "channels_last"])
-        self.channels_last = channels_last  # a layout, not a setting (hald/compute.py)
-        self.net = compute.channels_last(net, channels_last)
+        self.save_hyperparameters(ignore=["net", "channels_last", "compile"])
+        self.channels_last = channels_last  # layout and compilation: how it runs, not what (hald/compute.py)
+        self.net = compute.compiled(compute.channels_last(net, channels_last), compile, "squeeze")
         self.top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
 
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
@@ -125,7 +126,7 @@ class EpochData(L.LightningDataModule):
 
 def squeeze(model_name: str, dataset: Mapping[str, Any], cfg: Mapping[str, Any], out_dir: Path,
             trainer_kwargs: Mapping[str, Any], seed: int, work_dir: Path | None = None,
-            channels_last: bool = False) -> dict[str, Any]:
+            channels_last: bool = False, compile: bool = False) -> dict[str, Any]:
     """Train one teacher; writes out_dir/teacher.safetensors; returns manifest fields (incl. test top-1).
 
     work_dir: where the last checkpoint is kept between runs (resume); None = inside out_dir (no resume)."""
@@ -137,7 +138,7 @@ def squeeze(model_name: str, dataset: Mapping[str, Any], cfg: Mapping[str, Any],
     module = TeacherModule(net, int(dataset["num_classes"]), float(cfg["lr"]), float(cfg["weight_decay"]),
                            int(cfg["epochs"]), float(cfg["label_smoothing"]),
                            {k: cfg[k] for k in ("optimizer", "momentum", "nesterov", "schedule", "warmup_epochs",
-                                                "warmup_decay") if k in cfg}, channels_last)
+                                                "warmup_decay") if k in cfg}, channels_last, compile)
     workers = dist.loader_workers(int(cfg["num_workers"]), f"squeeze {model_name}")
     work = Path(work_dir) if work_dir is not None else Path(out_dir) / ".work"
     ckpt = LastCheckpoint(work / "last.ckpt")

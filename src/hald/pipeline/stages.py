@@ -65,7 +65,8 @@ def squeeze_teachers(ctx: Context, tcfg: DictConfig) -> list[Teacher]:
         art = cached(ctx, "squeeze", key, {"dataset": ds, "model": name, "squeeze": sq, "seed": cfg.seed,
                                            **compute.key_part(prec)}, {},
                      lambda tmp: squeeze(name, cfg.dataset, sq, tmp, {**squeeze_device_kwargs(cfg), "precision": prec},
-                                         int(cfg.seed), work_dir, bool(cfg.compute.channels_last)), collective=True)
+                                         int(cfg.seed), work_dir, bool(cfg.compute.channels_last),
+                                         bool(cfg.compute.compile)), collective=True)
         shutil.rmtree(work_dir, ignore_errors=True)  # the artifact is complete
         teachers.append(Teacher(name, key, str(art.path / "teacher.safetensors"), art.manifest["test_top1"],
                                 art.reused, "squeeze"))
