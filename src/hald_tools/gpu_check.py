@@ -22,23 +22,10 @@ import torch.nn.functional as F
 from hald import compute
 from hald.data.replay import render, render_layout, sample_pass
 from hald.models import build_backbone
+from hald_tools.bench import best_of  # fastest of `repeat` after a warm-up; syncs a GPU
 
 ROOT = Path(__file__).resolve().parents[2]
 MEAN, STD = torch.tensor([0.485, 0.456, 0.406]), torch.tensor([0.229, 0.224, 0.225])
-
-
-def timed(fn, device: torch.device, repeat: int) -> float:
-    """Median seconds of `repeat` calls after one warm-up; the clock stops when the device has finished."""
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    fn()
-    sync()
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - t0)
-    return sorted(times)[len(times) // 2]
 
 
 def peak_gb(device: torch.device) -> float | None:
@@ -95,8 +82,8 @@ def step_rows(device: torch.device, size: int, batch: int, repeat: int, skipped:
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
             layout = "channels-last" if cl else "NCHW"
-            t_step = timed(step, device, repeat)
-            t_fwd = timed(forward, device, repeat)
+            t_step = best_of(step, repeat, str(device))
+            t_fwd = best_of(forward, repeat, str(device))
             rows.append({"row": f"student step resnet18 {size}px batch {batch}, {precision}, {layout}",
                          "value": f"{batch / t_step:,.1f} img/s", "peak GPU GB": peak_gb(device)})
             rows.append({"row": f"relabel forward resnet18 {size}px batch {batch}, {precision}, {layout}",
