@@ -8,10 +8,12 @@ images as JPEGs in an ImageFolder), optionally a synthetic label store of --stor
 writer, then per case and rank count launches the training processes (a Lightning fit of --steps steps) and
 records each one's peak RSS (VmHWM), steady RSS and PSS after the steps (/proc/self/status, smaps_rollup: a
 mapped page shared by the ranks counts in every RSS, once in the PSS total) and the time from process start to
-the first training step. Cases:
+the first training step; with --full-pass each process then reads every image once through its loader (one
+epoch's reads, no training) and its RSS, anonymous / file-backed RSS and PSS are recorded again. Cases:
 
 - before: the PNGs decoded into one tensor per process (load_distilled) plus the channels-last copy;
-- after:  the array memory-mapped (data/image_array.py), no decode, no copy;
+- after:  the array memory-mapped (data/image_array.py), no decode, no copy, the pages handed back after each
+          batch (distilled.release_pages); the student channels-last (compute.channels_last, hald's default);
 - peers:  torchvision ImageFolder of JPEGs, decoded per batch with RandomResizedCrop + flip (SRe2L's
           train_FKD.py data path), the same model and batch.
 
@@ -100,9 +102,9 @@ def write_store(work: Path, size: int, batch: int, gb: float) -> None:
 
 # -- one training process -----------------------------------------------------------------------------------------
 def memory() -> dict[str, float]:
-    """This process's peak and current RSS and its PSS, in MB."""
+    """This process's peak and current RSS (and its anonymous and file-backed parts) and its PSS, in MB."""
     status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-    kb = {k: float(status[k].split()[0]) for k in ("VmHWM", "VmRSS")}
+    kb = {k: float(status[k].split()[0]) for k in ("VmHWM", "VmRSS", "RssAnon", "RssFile")}
     pss = 0.0
     try:
         for line in Path("/proc/self/smaps_rollup").read_text().splitlines():
@@ -111,7 +113,8 @@ def memory() -> dict[str, float]:
     except OSError:
         pass
     peak = max(kb["VmHWM"], resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
-    return {"peak_mb": peak / 1024, "rss_mb": kb["VmRSS"] / 1024, "pss_mb": pss / 1024}
+    return {"peak_mb": peak / 1024, "rss_mb": kb["VmRSS"] / 1024, "pss_mb": pss / 1024,
+            "anon_mb": kb["RssAnon"] / 1024, "file_mb": kb["RssFile"] / 1024}
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -140,8 +143,15 @@ def worker(args: argparse.Namespace) -> None:
                         logger=False, enable_checkpointing=False, num_sanity_val_steps=0, limit_val_batches=0,
                         enable_progress_bar=False, enable_model_summary=False, callbacks=[FirstStep()])
     trainer.fit(module, datamodule=dm)
+    steady = memory()
+    if args.full_pass:  # every image read once, as an epoch does (each rank all of them: the worst case)
+        loader = module.train_dataloader() if args.case == "peers" else dm.loader_phase.loader(0, render_here=True)
+        for _ in loader:
+            pass
+        steady.update({f"pass_{k}": v for k, v in memory().items()})
+        steady["peak_mb"] = steady["pass_peak_mb"]
     rank = int(os.environ.get("RANK", "0"))
-    Path(f"{args.result}.{rank}.json").write_text(json.dumps({**first, **memory(), "rank": rank}))
+    Path(f"{args.result}.{rank}.json").write_text(json.dumps({**first, **steady, "rank": rank}))
 
 
 def hald_module(net, work: Path, classes: list[str], args: argparse.Namespace):
@@ -168,7 +178,8 @@ def hald_module(net, work: Path, classes: list[str], args: argparse.Namespace):
     empty = TensorDataset(torch.zeros(0, 3, args.size, args.size), torch.zeros(0, dtype=torch.long))
     dm = HALDDataModule(images, store, ds, schedule, phases, empty, num_workers=args.workers,
                         images_on_device=False)
-    return StudentModule(net, len(classes), schedule, dm.phases, lr=1e-3), dm
+    # channels-last as hald runs by default (conf/compute); fp32 like the peers' row (compute.student=32-true)
+    return StudentModule(net, len(classes), schedule, dm.phases, lr=1e-3, channels_last=True), dm
 
 
 def peers_module(net, work: Path, args: argparse.Namespace):
@@ -210,6 +221,7 @@ def run_case(case: str, world: int, args: argparse.Namespace, work: Path) -> dic
     cmd = [sys.executable, "-m", "hald_tools.bench_memory", "--worker", case, "--work", str(work),
            "--result", str(result)] + [f"--{k}={getattr(args, k)}" for k in
                                       ("classes", "size", "batch", "steps", "model", "workers")]
+    cmd += ["--full-pass"] if args.full_pass else []
     procs = []
     for rank in range(world):
         env = {**os.environ, "BENCH_T0": str(time.time()), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
@@ -224,9 +236,22 @@ def run_case(case: str, world: int, args: argparse.Namespace, work: Path) -> dic
         if p.returncode:
             raise RuntimeError(f"bench_memory: {case} x{world} failed (exit {p.returncode}): {err[-2000:]}")
     rows = [json.loads(Path(f"{result}.{r}.json").read_text()) for r in range(world)]
-    return {"case": case, "ranks": world, "peak_mb": max(r["peak_mb"] for r in rows),
-            "total_peak_mb": sum(r["peak_mb"] for r in rows), "total_rss_mb": sum(r["rss_mb"] for r in rows),
-            "total_pss_mb": sum(r["pss_mb"] for r in rows), "first_step_s": max(r["first_step_s"] for r in rows)}
+    out = {"case": case, "ranks": world, "peak_mb": max(r["peak_mb"] for r in rows),
+           "total_peak_mb": sum(r["peak_mb"] for r in rows), "total_rss_mb": sum(r["rss_mb"] for r in rows),
+           "total_pss_mb": sum(r["pss_mb"] for r in rows), "first_step_s": max(r["first_step_s"] for r in rows),
+           "anon_mb": max(r["anon_mb"] for r in rows), "file_mb": max(r["file_mb"] for r in rows)}
+    if "pass_rss_mb" in rows[0]:
+        out.update(pass_rss_mb=max(r["pass_rss_mb"] for r in rows), pass_file_mb=max(r["pass_file_mb"] for r in rows),
+                   pass_total_pss_mb=sum(r["pass_pss_mb"] for r in rows))
+    return out
+
+
+def median_row(runs: list[dict]) -> dict:
+    """The median of each number over repeated runs of one case (peak RSS moves by ~10 % from run to run:
+    where the allocator puts the backward's buffers), with the peak's range."""
+    out = {k: (float(np.median([r[k] for r in runs])) if isinstance(v, float) else v) for k, v in runs[0].items()}
+    out.update(peak_min_mb=min(r["peak_mb"] for r in runs), peak_max_mb=max(r["peak_mb"] for r in runs), runs=len(runs))
+    return out
 
 
 def table(rows: list[dict], args: argparse.Namespace, command: str, load: tuple, gen_s: float) -> str:
@@ -238,18 +263,30 @@ def table(rows: list[dict], args: argparse.Namespace, command: str, load: tuple,
              f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, {mem:.1f} GiB, {platform.platform()}",
              f"- load average (1, 5, 15 min) at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; at end: "
              + " ".join(f"{v:.2f}" for v in os.getloadavg()),
-             f"- batch {args.batch}, {args.steps} steps, model {args.model}, {args.workers} loader workers; "
+             f"- batch {args.batch}, {args.steps} steps, model {args.model}, {args.workers} loader workers, {args.repeat} "
+             f"run(s) per row (medians; the peak's range in brackets); "
              f"label store: {'%s GB' % args.store_gb if args.store_gb else 'none (hard crops)'}; data generated in "
              f"{gen_s:.0f} s", "",
-             "| case | ranks | peak RSS / process (MB) | total peak RSS (MB) | total steady RSS (MB) | total PSS (MB) "
-             "| PSS vs 1 rank | first step (s) | peak vs peers |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "Peak and steady RSS count a mapped page in every process that has it in its page table; anonymous "
+             "RSS is the process's own memory; PSS splits shared pages between processes (its total is what the "
+             "node holds, page cache not mapped by anyone aside).", "",
+             "| case | ranks | peak RSS / process (MB) | total peak RSS (MB) | total steady RSS (MB) | anon / file RSS "
+             "per process (MB) | total PSS (MB) | PSS vs 1 rank | first step (s) | peak vs peers |"
+             + (" after a pass over every image: RSS / process, file RSS, total PSS (MB) |" if args.full_pass else ""),
+             "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if args.full_pass else "")]
+
+    def ratio(a, b):
+        return f"{a / b:.2f}x" if b else "-"
+
     for r in rows:
-        vs_one = r["total_pss_mb"] / one[r["case"]] if one.get(r["case"]) else float("nan")
-        vs_peers = r["peak_mb"] / peers[r["ranks"]] if peers.get(r["ranks"]) else float("nan")
-        lines.append(f"| {r['case']} | {r['ranks']} | {r['peak_mb']:.0f} | {r['total_peak_mb']:.0f} | "
-                     f"{r['total_rss_mb']:.0f} | {r['total_pss_mb']:.0f} | {vs_one:.2f}x | {r['first_step_s']:.1f} | "
-                     f"{vs_peers:.2f}x |")
+        spread = f" ({r['peak_min_mb']:.0f}-{r['peak_max_mb']:.0f})" if r["runs"] > 1 else ""
+        line = (f"| {r['case']} | {r['ranks']} | {r['peak_mb']:.0f}{spread} | {r['total_peak_mb']:.0f} | "
+                f"{r['total_rss_mb']:.0f} | {r['anon_mb']:.0f} / {r['file_mb']:.0f} | {r['total_pss_mb']:.0f} | "
+                f"{ratio(r['total_pss_mb'], one.get(r['case']))} | {r['first_step_s']:.1f} | "
+                f"{ratio(r['peak_mb'], peers.get(r['ranks']))} |")
+        if args.full_pass:
+            line += f" {r['pass_rss_mb']:.0f}, {r['pass_file_mb']:.0f}, {r['pass_total_pss_mb']:.0f} |"
+        lines.append(line)
     return "\n".join(lines) + "\n"
 
 
@@ -265,6 +302,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--model", default="convnet_w32")
     ap.add_argument("--workers", type=int, default=0)
+    ap.add_argument("--full-pass", action="store_true", dest="full_pass",
+                    help="after the steps, each process reads every image once through its loader (an epoch's reads)")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per case and rank count; the table shows medians")
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--work", default=None, help="where the synthetic data goes (default: a temp dir, removed)")
     ap.add_argument("--out", default="experiments/memory.md")
@@ -294,7 +334,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         rows = []
         for case in cases:
             for world in [int(r) for r in args.ranks.split(",")]:
-                rows.append(run_case(case, world, args, work))
+                rows.append(median_row([run_case(case, world, args, work) for _ in range(args.repeat)]))
                 print(json.dumps(rows[-1]), flush=True)
         md = table(rows, args, command, load, gen_s)
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -8,8 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import mmap
 import os
 import warnings
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -63,23 +65,52 @@ class DistilledImages:
             self.images = map_array(Path(self.array), self.images)
 
 
+# The mappings `map_array` made in this process, by the address of their first pixel (see `release_pages`)
+_MAPPINGS: dict[int, mmap.mmap] = {}
+
+
 def map_array(path: Path, shape: Sequence[int] | None = None) -> torch.Tensor:
     """The array file as a read-only uint8 [N, C, H, W] tensor with channels-last strides (no copy), its header
-    checked against `shape` (N, C, H, W) when given."""
+    checked against `shape` (N, C, H, W) when given. The mapping is this module's own (an `mmap` object, not
+    numpy's), so `release_pages` can hand its page-table entries back."""
     path = Path(path)
     try:
-        arr = np.load(path, mmap_mode="r")
+        with open(path, "rb") as f:
+            version = np.lib.format.read_magic(f)
+            header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            found, fortran, dtype = header(f)
+            offset, count = f.tell(), int(np.prod(found))
+            if dtype != np.uint8 or fortran or len(found) != 4 or os.fstat(f.fileno()).st_size != offset + count:
+                raise ValueError(f"{dtype} {list(found)}{' (Fortran order)' if fortran else ''}, "
+                                 f"{os.fstat(f.fileno()).st_size} bytes")
+            mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
     except (OSError, ValueError) as e:
         raise DistilledError(f"image array '{path}' cannot be read ({e}); fix: delete {path.parent} and run "
                              f"again") from None
     want = None if shape is None else (shape[0], shape[2], shape[3], shape[1])
-    if arr.dtype != np.uint8 or arr.ndim != 4 or (want is not None and tuple(arr.shape) != tuple(want)):
-        raise DistilledError(f"image array '{path}' is {arr.dtype} {list(arr.shape)}, its metadata says uint8 "
-                             f"{list(want) if want else '[N, H, W, C]'} (replaced or damaged); fix: delete "
-                             f"{path.parent} and run again")
+    if want is not None and tuple(found) != tuple(want):
+        raise DistilledError(f"image array '{path}' is uint8 {list(found)}, its metadata says uint8 {list(want)} "
+                             f"(replaced or damaged); fix: delete {path.parent} and run again")
+    arr = np.frombuffer(mapping, dtype=np.uint8, count=count, offset=offset).reshape(found)
+    _MAPPINGS[arr.ctypes.data] = mapping
+    weakref.finalize(arr, _MAPPINGS.pop, arr.ctypes.data, None)  # the tensor holds arr: gone with the last user
     with warnings.catch_warnings():  # read-only by design: nothing writes the images
         warnings.filterwarnings("ignore", message=".*not writable.*")
         return torch.from_numpy(arr).permute(0, 3, 1, 2)
+
+
+def release_pages(images: torch.Tensor) -> None:
+    """Drop this process's page-table entries of `images` when `map_array` mapped them (no-op otherwise).
+
+    Why: a page read through a mapping stays in the process's RSS. Over an epoch every rank reads every image,
+    so each rank's RSS grows to the whole array (7.5 GB at ImageNet-1K IPC 50; on this kernel a read maps
+    ~1.2 MB of file pages per 150 KB image, the page cache's large folios), though it is one shared copy in the
+    page cache. Callers release after each batch's reads (replay.render, the device upload): the page cache
+    keeps the pixels (the next read is a minor fault), RSS holds one batch's pages. MADV_DONTNEED on a
+    read-only file mapping only unmaps; it never loses data (measured: 0.2 ms per call on a 150 MB mapping)."""
+    mapping = _MAPPINGS.get(images.data_ptr()) if images.device.type == "cpu" else None
+    if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+        mapping.madvise(mmap.MADV_DONTNEED)
 
 
 def _class_dirs(root: Path, classes: list[str]) -> list[Path]:

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import RandomResizedCrop
 
+from hald.data.distilled import release_pages
+
 
 @dataclass
 class Geometry:
@@ -127,6 +129,7 @@ def render(images: torch.Tensor, g: Geometry, out_size: int, mean: torch.Tensor,
     for k, (i, (top, left, h, w), flip) in enumerate(zip(g.index.tolist(), g.box.tolist(), g.flip.tolist())):
         y = _resize(images[i:i + 1, :, top:top + h, left:left + w], out_size)[0]
         buf[k] = y.flip(-1) if flip else y
+    release_pages(images)  # the crops are copied out: this process's RSS need not keep the mapped set's pages
     y1, x1, y2, x2 = (int(v) for v in g.mix_box)
     if y2 > y1 and x2 > x1:  # the right side is an indexed copy: partners are read before any is overwritten
         buf[:, :, y1:y2, x1:x2] = buf[g.mix_perm.to(dev, torch.long), :, y1:y2, x1:x2]

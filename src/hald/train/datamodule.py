@@ -18,7 +18,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from hald import dist
-from hald.data.distilled import DistilledImages
+from hald.data.distilled import DistilledImages, release_pages
 from hald.data.replay import render_layout
 from hald.data.transforms import Transformed, eval_transform
 from hald.labels.store import LabelStore
@@ -103,6 +103,8 @@ class HALDDataModule(L.LightningDataModule):
                      self.images.nbytes / 1e9, device)
             self._on_device[key] = (self.images.to(device), torch.tensor(self.ds["mean"], device=device),
                                     torch.tensor(self.ds["std"], device=device))
+            if device.type != "cpu":  # a copy now lives there: the host's mapped pages need not stay in RSS
+                release_pages(self.images)
         return self._on_device[key]
 
     def val_dataloader(self) -> DataLoader:

@@ -1,9 +1,10 @@
 """The losses of HALD training: functions, and the objects `student.phases` injects (conf/student)."""
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
-from torchvision.transforms import v2
 
 
 def soft_kl(logits: torch.Tensor, target_probs: torch.Tensor, temperature: float, t2: bool) -> torch.Tensor:
@@ -16,15 +17,28 @@ def soft_kl(logits: torch.Tensor, target_probs: torch.Tensor, temperature: float
 
 def cutmix_smoothed_targets(x: torch.Tensor, y: torch.Tensor, num_classes: int, alpha: float,
                             smoothing: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """CutMix (torchvision v2; any batch size) and label smoothing: t = (1 - eps) * mixed_onehot + eps / C.
+    """CutMix and label smoothing: t = (1 - eps) * mixed_onehot + eps / C. Mixes x IN PLACE and returns it.
 
-    Equal to timm's Mixup(cutmix_alpha, label_smoothing) targets, whose smoothing is applied before mixing.
-    """
+    torchvision v2.CutMix's draws and arithmetic exactly (lam ~ Beta(alpha, alpha), the box centre uniform, the
+    partner of image k is k - 1: `roll(1, 0)`; lam adjusted to the box's clipped area), so a seed gives the same
+    pixels and targets as `v2.CutMix(alpha, num_classes)(x, y)` (tests/train/test_losses.py). Why not v2 itself:
+    it makes two full copies of the batch (the rolled batch and the output), the second alive through the
+    forward and backward beside the loader's batch: at 224 px a batch of 1,024 is 0.6 GB each. Here only the
+    box is copied; the batch is the step's own, rendered for it. Equal to timm's Mixup(cutmix_alpha,
+    label_smoothing) targets, whose smoothing is applied before mixing."""
+    onehot = F.one_hot(y, num_classes).float()
     if alpha and x.shape[0] > 1:
-        x, t = v2.CutMix(alpha=alpha, num_classes=num_classes)(x, y)
-    else:
-        t = F.one_hot(y, num_classes).float()
-    return x, t * (1.0 - smoothing) + smoothing / num_classes
+        lam = float(torch.distributions.Beta(torch.tensor([float(alpha)]), torch.tensor([float(alpha)])).sample(()))
+        h, w = x.shape[-2:]
+        cx, cy = torch.randint(w, size=(1,)), torch.randint(h, size=(1,))
+        r = 0.5 * math.sqrt(1.0 - lam)
+        rw, rh = int(r * w), int(r * h)
+        x1, y1 = int(torch.clamp(cx - rw, min=0)), int(torch.clamp(cy - rh, min=0))
+        x2, y2 = int(torch.clamp(cx + rw, max=w)), int(torch.clamp(cy + rh, max=h))
+        x[..., y1:y2, x1:x2] = x[..., y1:y2, x1:x2].roll(1, 0)  # the right side is a copy: read before written
+        lam = float(1.0 - (x2 - x1) * (y2 - y1) / (w * h))
+        onehot = onehot.roll(1, 0).mul_(1.0 - lam).add_(onehot.mul(lam))
+    return x, onehot * (1.0 - smoothing) + smoothing / num_classes
 
 
 def soft_target_ce(logits: torch.Tensor, target: torch.Tensor, temperature: float = 1.0,

@@ -90,8 +90,10 @@ def _wrong_batch(phase: Phase, expected: str, module) -> RuntimeError:
 
 # -- soft: stored batches replayed ---------------------------------------------------------------------------------
 def render_records(images: torch.Tensor, geometries: Sequence[Geometry], out_size: int, mean, std) -> torch.Tensor:
-    """The pixels of consecutive stored batches, concatenated (one soft batch)."""
-    return torch.cat([render(images, g, out_size, mean, std) for g in geometries])
+    """The pixels of consecutive stored batches, concatenated (one soft batch; one stored batch as rendered:
+    `torch.cat` would copy it)."""
+    parts = [render(images, g, out_size, mean, std) for g in geometries]
+    return parts[0] if len(parts) == 1 else torch.cat(parts)
 
 
 class SoftReplayDataset(Dataset):
