@@ -69,38 +69,47 @@ class DistilledImages:
 _MAPPINGS: dict[int, mmap.mmap] = {}
 
 
+def map_npy(path: Path | str) -> np.ndarray:
+    """A C-ordered .npy file as a read-only array on this module's own mapping (an `mmap` object, not numpy's,
+    so `release_pages` can hand its page-table entries back). OSError / ValueError when it cannot be."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = header(f)
+        offset, count, size = f.tell(), int(np.prod(shape)), os.fstat(f.fileno()).st_size
+        if fortran or dtype.hasobject or size != offset + count * dtype.itemsize:
+            raise ValueError(f"{dtype} {list(shape)}{' (Fortran order)' if fortran else ''}, {size} bytes")
+        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
+    if mapping is None:  # an empty array: nothing to map
+        return np.zeros(shape, dtype)
+    arr = np.frombuffer(mapping, dtype=dtype, count=count, offset=offset).reshape(shape)
+    _MAPPINGS[arr.ctypes.data] = mapping
+    weakref.finalize(arr, _MAPPINGS.pop, arr.ctypes.data, None)  # a tensor holds arr: gone with the last user
+    return arr
+
+
 def map_array(path: Path, shape: Sequence[int] | None = None) -> torch.Tensor:
-    """The array file as a read-only uint8 [N, C, H, W] tensor with channels-last strides (no copy), its header
-    checked against `shape` (N, C, H, W) when given. The mapping is this module's own (an `mmap` object, not
-    numpy's), so `release_pages` can hand its page-table entries back."""
+    """The array file as a read-only uint8 [N, C, H, W] tensor with channels-last strides (no copy, `map_npy`),
+    its header checked against `shape` (N, C, H, W) when given."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            version = np.lib.format.read_magic(f)
-            header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            found, fortran, dtype = header(f)
-            offset, count = f.tell(), int(np.prod(found))
-            if dtype != np.uint8 or fortran or len(found) != 4 or os.fstat(f.fileno()).st_size != offset + count:
-                raise ValueError(f"{dtype} {list(found)}{' (Fortran order)' if fortran else ''}, "
-                                 f"{os.fstat(f.fileno()).st_size} bytes")
-            mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        arr = map_npy(path)
+        if arr.dtype != np.uint8 or arr.ndim != 4:
+            raise ValueError(f"{arr.dtype} {list(arr.shape)}")
     except (OSError, ValueError) as e:
         raise DistilledError(f"image array '{path}' cannot be read ({e}); fix: delete {path.parent} and run "
                              f"again") from None
     want = None if shape is None else (shape[0], shape[2], shape[3], shape[1])
-    if want is not None and tuple(found) != tuple(want):
-        raise DistilledError(f"image array '{path}' is uint8 {list(found)}, its metadata says uint8 {list(want)} "
+    if want is not None and tuple(arr.shape) != tuple(want):
+        raise DistilledError(f"image array '{path}' is uint8 {list(arr.shape)}, its metadata says uint8 {list(want)} "
                              f"(replaced or damaged); fix: delete {path.parent} and run again")
-    arr = np.frombuffer(mapping, dtype=np.uint8, count=count, offset=offset).reshape(found)
-    _MAPPINGS[arr.ctypes.data] = mapping
-    weakref.finalize(arr, _MAPPINGS.pop, arr.ctypes.data, None)  # the tensor holds arr: gone with the last user
     with warnings.catch_warnings():  # read-only by design: nothing writes the images
         warnings.filterwarnings("ignore", message=".*not writable.*")
         return torch.from_numpy(arr).permute(0, 3, 1, 2)
 
 
 def release_pages(images: torch.Tensor) -> None:
-    """Drop this process's page-table entries of `images` when `map_array` mapped them (no-op otherwise).
+    """Drop this process's page-table entries of `images` when `map_npy` mapped them (no-op otherwise).
 
     Why: a page read through a mapping stays in the process's RSS. Over an epoch every rank reads every image,
     so each rank's RSS grows to the whole array (7.5 GB at ImageNet-1K IPC 50; on this kernel a read maps

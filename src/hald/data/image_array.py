@@ -22,7 +22,7 @@ import torch
 
 from hald.artifacts import atomic_write, write_json_atomic
 from hald.data.distilled import (DistilledError, DistilledImages, check_even, decoded, list_images,
-                                 load_distilled, map_array)
+                                 load_distilled, map_array, map_npy, release_pages)
 
 ARRAY, META = "images.npy", "images.json"
 FORMAT = 1
@@ -105,7 +105,8 @@ def array_beside(root: Path) -> bool:
 class MappedTensor:
     """A tensor kept in an .npy file and mapped read-only; pickles by path, so a spawned process maps the file
     instead of receiving a copy (recover's RDED init images, pickled to its ddp_spawn ranks). Indexing returns
-    a tensor."""
+    a copy and hands the mapped pages back (`release_pages`): a long recover reads each image once, and its
+    ranks' RSS should not keep every image it has read."""
 
     def __init__(self, path: Path | str):
         self.path, self._tensor = str(path), None
@@ -123,11 +124,13 @@ class MappedTensor:
         if self._tensor is None:
             with warnings.catch_warnings():  # read-only by design
                 warnings.filterwarnings("ignore", message=".*not writable.*")
-                self._tensor = torch.from_numpy(np.load(self.path, mmap_mode="r"))
+                self._tensor = torch.from_numpy(map_npy(self.path))
         return self._tensor
 
     def __getitem__(self, index: Any) -> torch.Tensor:
-        return self.tensor[index]
+        out = self.tensor[index].clone()
+        release_pages(self.tensor)
+        return out
 
     @property
     def shape(self) -> torch.Size:
