@@ -34,9 +34,14 @@ test-all: $(STAMP)  ## everything
 chaos: $(STAMP)  ## reliability: kill -9 and resume in every stage, DDP in every stage, failing sweep jobs, faults
 	WANDB_MODE=disabled OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q tests/test_reliability.py $(ARGS)
 
-bench: $(STAMP)  ## the five storage/data-path benchmarks (ratios side by side) + the speed benchmarks; writes experiments/bench.md and speed.md; on a GPU: ARGS="--device cuda"
+# Memory rows at ImageNet's image size and class count; 2,000 images (per-process memory and start-up do not grow
+# with the count: experiments/memory.md, 10,000 vs 50,000)
+MEMORY_SHAPE = --images 2000 --size 224 --classes 1000 --model resnet18 --batch 64
+
+bench: $(STAMP)  ## the five storage/data-path benchmarks (ratios side by side) + the speed benchmarks + the memory row vs the peers' JPEG path (224 px, 1,000 classes, 1 and 2 ranks); writes experiments/bench.md, speed.md and outputs/memory/bench.md; on a GPU: ARGS="--device cuda"
 	WANDB_MODE=disabled $(BIN)/python -m hald_tools.bench $(ARGS)
 	WANDB_MODE=disabled $(BIN)/python -m hald_tools.bench_speed
+	WANDB_MODE=disabled $(BIN)/python -m hald_tools.bench_memory $(MEMORY_SHAPE) --cases after,peers --repeat 3
 
 bench-speed: $(STAMP)  ## hald's fast defaults vs a re-created peer loop (relabel pass, student epoch, recover) + the fast paths' accuracy (reads outputs/speed from experiments/speed.sh); writes experiments/speed.md
 	WANDB_MODE=disabled $(BIN)/python -m hald_tools.bench_speed $(ARGS)
@@ -44,8 +49,8 @@ bench-speed: $(STAMP)  ## hald's fast defaults vs a re-created peer loop (relabe
 gpu-check: $(STAMP)  ## every accelerator path once (device rendering, fp32 / bf16 / 16-mixed steps, relabel img/s, peak GPU memory, bench 1-3) in <= 8 min on one GPU; runs on CPU too; writes outputs/gpu-check.md
 	WANDB_MODE=disabled $(BIN)/python -m hald_tools.gpu_check $(ARGS)
 
-bench-memory: $(STAMP)  ## peak/steady RSS, PSS and time to the first step, 1 and 2 DDP ranks, vs the peers' JPEG path; writes experiments/memory.md (full shape: ARGS="--images 50000 --size 224 --classes 1000 --model resnet18")
-	WANDB_MODE=disabled $(BIN)/python -m hald_tools.bench_memory $(ARGS)
+bench-memory: $(STAMP)  ## peak/steady RSS, PSS and time to the first step, 1 and 2 DDP ranks, vs the peers' JPEG path, at 224 px and 1,000 classes; writes outputs/memory/bench.md (the IPC 50 shape, 50,000 images: bash experiments/memory.sh -> experiments/memory.md)
+	WANDB_MODE=disabled $(BIN)/python -m hald_tools.bench_memory $(MEMORY_SHAPE) $(ARGS)
 
 bench-quick: $(STAMP)  ## benchmarks 1-4 only (seconds; skips the accuracy multirun)
 	WANDB_MODE=disabled $(BIN)/python -m hald_tools.bench --skip-accuracy --out outputs/bench-quick.md $(ARGS)

@@ -1,7 +1,7 @@
 """Memory and start-up of student training, per process and in total, for 1..k DDP ranks (gloo, CPU).
 
     python -m hald_tools.bench_memory --images 50000 --size 224 --classes 1000 --ranks 1,2 [--store-gb 6] \
-        --out experiments/memory.md
+        --out outputs/memory/bench.md
 
 Generates a synthetic distilled set (PNGs, the image array made from them by the real writer, and the same
 images as JPEGs in an ImageFolder), optionally a synthetic label store of --store-gb written by the store
@@ -307,7 +307,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--repeat", type=int, default=1, help="runs per case and rank count; the table shows medians")
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--work", default=None, help="where the synthetic data goes (default: a temp dir, removed)")
-    ap.add_argument("--out", default="experiments/memory.md")
+    ap.add_argument("--out", default="outputs/memory/bench.md",
+                    help="the table (experiments/memory.md is experiments/memory.sh's, with its reading)")
     ap.add_argument("--worker", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--result", default=None, help=argparse.SUPPRESS)
     return ap.parse_args(argv)
