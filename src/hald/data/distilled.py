@@ -79,9 +79,7 @@ def map_npy(path: Path | str) -> np.ndarray:
         offset, count, size = f.tell(), int(np.prod(shape)), os.fstat(f.fileno()).st_size
         if fortran or dtype.hasobject or size != offset + count * dtype.itemsize:
             raise ValueError(f"{dtype} {list(shape)}{' (Fortran order)' if fortran else ''}, {size} bytes")
-        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) if size else None
-    if mapping is None:  # an empty array: nothing to map
-        return np.zeros(shape, dtype)
+        mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # the header makes the file non-empty
     arr = np.frombuffer(mapping, dtype=dtype, count=count, offset=offset).reshape(shape)
     _MAPPINGS[arr.ctypes.data] = mapping
     weakref.finalize(arr, _MAPPINGS.pop, arr.ctypes.data, None)  # a tensor holds arr: gone with the last user

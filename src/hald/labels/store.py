@@ -95,7 +95,7 @@ _NP_DTYPES = {"BOOL": np.bool_, "U8": np.uint8, "I16": np.int16, "U16": np.uint1
 
 
 class ShardView:
-    """Zero-copy, read-only view of a safetensors shard: one np.memmap of the file, tensors sliced by row.
+    """Zero-copy, read-only view of a safetensors shard: one mapping of the file, tensors sliced by row.
 
     Why not safe_open: a record touches ~8 tensors, and per-slice calls dominated replay; a memmap shares
     the OS page cache between all loader workers and ranks, and reads only the rows asked for. The mapping is
