@@ -8,6 +8,22 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# Tests of how much of a mapped file stays in a process's RSS: Linux's /proc accounting and MADV_DONTNEED
+def _can_hand_back() -> bool:
+    from hald.data.distilled import CAN_HAND_BACK
+
+    return CAN_HAND_BACK and os.path.exists("/proc/self/status")
+
+
+page_accounting = pytest.mark.skipif(not _can_hand_back(), reason="Linux page accounting and MADV_DONTNEED")
+
+
+def file_rss_mb() -> float:
+    """This process's file-backed RSS (mapped pages), MB."""
+    from hald_tools.bench_memory import status_kb
+
+    return status_kb("RssFile")["RssFile"] / 1024
 sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("WANDB_MODE", "disabled")
 

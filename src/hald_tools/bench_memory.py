@@ -101,10 +101,15 @@ def write_store(work: Path, size: int, batch: int, gb: float) -> None:
 
 
 # -- one training process -----------------------------------------------------------------------------------------
+def status_kb(*keys: str) -> dict[str, float]:
+    """Fields of /proc/self/status in kB (VmHWM, VmRSS, RssAnon, RssFile, ...)."""
+    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
+    return {k: float(status[k].split()[0]) for k in keys}
+
+
 def memory() -> dict[str, float]:
     """This process's peak and current RSS (and its anonymous and file-backed parts) and its PSS, in MB."""
-    status = dict(line.split(":", 1) for line in Path("/proc/self/status").read_text().splitlines() if ":" in line)
-    kb = {k: float(status[k].split()[0]) for k in ("VmHWM", "VmRSS", "RssAnon", "RssFile")}
+    kb = status_kb("VmHWM", "VmRSS", "RssAnon", "RssFile")
     pss = 0.0
     try:
         for line in Path("/proc/self/smaps_rollup").read_text().splitlines():

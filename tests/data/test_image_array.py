@@ -21,6 +21,7 @@ from hald.labels.relabel import relabel
 from hald.labels.store import open_store_for, shard_name
 from hald.models import build_backbone
 from hald.models.teachers import Committee
+from conftest import file_rss_mb, page_accounting
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -180,26 +181,19 @@ def test_a_mapped_tensor_pickles_by_path(tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name != "init.npy"]  # no temp file left
 
 
-@pytest.mark.skipif(not hasattr(__import__("mmap"), "MADV_DONTNEED") or not __import__("os").path.exists(
-    "/proc/self/status"), reason="Linux page accounting")
+@page_accounting
 def test_reading_a_mapped_tensor_keeps_rss_flat(tmp_path):
     """Recover reads each init image once over a long run: what it read does not stay in its RSS."""
     init = torch.rand(100, 2, 3, 224, 224)  # 120 MB of float32
     shared = image_array.MappedTensor.write(init, tmp_path / "init.npy")
-    start = _file_rss_mb()
+    start = file_rss_mb()
     for c in range(100):
         for k in range(2):
             assert torch.equal(shared[c, k], init[c, k])
-    assert _file_rss_mb() - start < 20
+    assert file_rss_mb() - start < 20
 
 
-def _file_rss_mb() -> float:
-    status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
-    return int(status["RssFile"].split()[0]) / 1024
-
-
-@pytest.mark.skipif(not hasattr(__import__("mmap"), "MADV_DONTNEED") or not __import__("os").path.exists(
-    "/proc/self/status"), reason="Linux page accounting")
+@page_accounting
 def test_rendering_a_mapped_set_releases_its_pages_and_the_pixels_stay(tmp_path, monkeypatch):
     """Over an epoch every image is read: without release_pages the process's RSS grows by the whole array
     (shared file pages, but counted in every rank's RSS); with it by about one batch. Pixels are unchanged."""
@@ -213,7 +207,7 @@ def test_rendering_a_mapped_set_releases_its_pages_and_the_pixels_stay(tmp_path,
     mean, std = torch.tensor([0.5, 0.5, 0.5]), torch.tensor([0.25, 0.25, 0.25])
 
     def epoch(images):
-        grown, start = 0.0, _file_rss_mb()
+        grown, start = 0.0, file_rss_mb()
         for lo in range(0, n, 16):  # whole-image crops: every byte of the array is read
             idx = torch.arange(lo, min(lo + 16, n))
             g = Geometry(index=idx, box=torch.tensor([[0, 0, size, size]] * len(idx), dtype=torch.int16),
@@ -222,7 +216,7 @@ def test_rendering_a_mapped_set_releases_its_pages_and_the_pixels_stay(tmp_path,
             x = render(images, g, size, mean, std)
             if lo == 0:
                 assert torch.equal(x, render(in_memory, g, size, mean, std))
-            grown = max(grown, _file_rss_mb() - start)
+            grown = max(grown, file_rss_mb() - start)
         return grown
 
     import hald.data.replay as replay

@@ -1,6 +1,7 @@
 """Soft-label storage: codec round trips, byte budgets on disk, grouped-BN relabel, replay under compression."""
 import pytest
 import torch
+from conftest import file_rss_mb, page_accounting
 
 from hald import pipeline
 from hald.data.distilled import load_distilled
@@ -165,8 +166,7 @@ def test_replay_is_identical_before_and_after_compression(fast_cfg):
         assert (sa[r].labels.gather(1, top1).squeeze(1) >= sa[r].labels.topk(3, 1).values[:, -1]).all()
 
 
-@pytest.mark.skipif(not hasattr(__import__("mmap"), "MADV_DONTNEED") or not __import__("os").path.exists(
-    "/proc/self/status"), reason="Linux page accounting")
+@page_accounting
 def test_reading_every_record_keeps_rss_flat(tmp_path, monkeypatch):
     """Over a run every record is read: without ShardView.release each rank's RSS grew by the store's size
     (file pages, shared, but in every rank's RSS); with it by about one record. Records are unchanged."""
@@ -176,10 +176,6 @@ def test_reading_every_record_keeps_rss_flat(tmp_path, monkeypatch):
 
     generate(tmp_path, 1000, 32, 1000, jpeg=False)
     write_store(tmp_path, 32, 16, 0.06)  # float labels of 1,000 classes: 15 passes, 60 MB
-
-    def file_rss_mb():
-        status = dict(line.split(":", 1) for line in open("/proc/self/status").read().splitlines() if ":" in line)
-        return int(status["RssFile"].split()[0]) / 1024
 
     def read_all():
         store = open_store_for(tmp_path / "store", open_array(tmp_path / "set", tmp_path / "set" / "images",

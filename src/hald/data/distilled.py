@@ -116,7 +116,17 @@ def release_pages(images: torch.Tensor) -> None:
     keeps the pixels (the next read is a minor fault), RSS holds one batch's pages. MADV_DONTNEED on a
     read-only file mapping only unmaps; it never loses data (measured: 0.2 ms per call on a 150 MB mapping)."""
     mapping = _MAPPINGS.get(images.data_ptr()) if images.device.type == "cpu" else None
-    if mapping is not None and hasattr(mmap, "MADV_DONTNEED"):
+    if mapping is not None:
+        hand_back(mapping)
+
+
+CAN_HAND_BACK = hasattr(mmap, "MADV_DONTNEED")  # Linux, macOS; elsewhere pages stay mapped (correct, not flat)
+
+
+def hand_back(mapping: mmap.mmap) -> None:
+    """Unmap a read-only file mapping's pages from this process (MADV_DONTNEED): the page cache keeps them, the
+    next read is a minor fault. Used for the image array (`release_pages`) and the label store's shards."""
+    if CAN_HAND_BACK:
         mapping.madvise(mmap.MADV_DONTNEED)
 
 

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from safetensors.torch import save, save_file
 
 from hald.artifacts import ArtifactError, atomic_write, read_manifest, verify
-from hald.data.distilled import DistilledImages
+from hald.data.distilled import DistilledImages, hand_back
 from hald.data.replay import Geometry
 from hald.labels.codecs import Codec, pack_bits, unpack_bits
 
@@ -124,9 +124,8 @@ class ShardView:
         """Hand this process's page-table entries of the shard back (rows are copied out by `rows`): over a
         run every record is read, and without this each rank's RSS grows by the store (6 GB for cvdd_in1k's,
         28 GB for a full FKD store at IPC 50; measured +600 MB in one epoch of a 6 GB store, experiments/
-        memory.md). The page cache keeps the bytes; MADV_DONTNEED on a read-only file mapping only unmaps."""
-        if hasattr(mmap, "MADV_DONTNEED"):
-            self.mapping.madvise(mmap.MADV_DONTNEED)
+        memory.md). The page cache keeps the bytes (`distilled.hand_back`)."""
+        hand_back(self.mapping)
 
 
 @dataclass
