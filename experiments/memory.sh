@@ -3,7 +3,7 @@
 # 1. the mapped array vs the peers' JPEG ImageFolder path, 1 and 2 DDP ranks, with a label store of cvdd_in1k's
 #    size (6 GB), 3 runs per row (medians); 2. the same once with --full-pass (every process then reads every
 #    image once, as an epoch does: does RSS grow with what was read?); 3. the 28 GB store of the full-FKD
-#    baseline (RUN_28GB=1; needs ~28 GB more disk); 4. before (PNGs decoded per process) vs after at 10,000
+#    baseline, also with a full pass (RUN_28GB=1; needs ~28 GB more disk); 4. before (PNGs decoded per process) vs after at 10,000
 #    images (10 per class, links to the same PNGs): decoding all 50,000 in two ranks needs ~44 GB of memory.
 # Data goes to $WORK (default /work/bench_mem, ~20 GB; ~48 GB with RUN_28GB=1); results to experiments/memory.md.
 # Run it with nothing else busy: the first-step times move with the load (the memory does not).
@@ -21,7 +21,7 @@ OUTS=(outputs/memory/ipc50_store6.md outputs/memory/ipc50_full_pass.md)
 if [ "${RUN_28GB:-0}" = 1 ]; then
   rm -rf "$WORK/full/store"
   $PY -c "from pathlib import Path; from hald_tools.bench_memory import write_store; write_store(Path('$WORK/full'), 224, 64, 28.0)"
-  $PY -m hald_tools.bench_memory --images 50000 "${COMMON[@]}" --cases after --store-gb 28 \
+  $PY -m hald_tools.bench_memory --images 50000 "${COMMON[@]}" --cases after --store-gb 28 --full-pass \
       --work "$WORK/full" --out outputs/memory/ipc50_store28.md
   OUTS+=(outputs/memory/ipc50_store28.md)
 fi
