@@ -38,10 +38,11 @@ chaos: $(STAMP)  ## reliability: kill -9 and resume in every stage, DDP in every
 # with the count: experiments/memory.md, 10,000 vs 50,000)
 MEMORY_SHAPE = --images 2000 --size 224 --classes 1000 --model resnet18 --batch 64
 
-bench: $(STAMP)  ## the five storage/data-path benchmarks (ratios side by side) + the speed benchmarks + the memory row vs the peers' JPEG path (224 px, 1,000 classes, 1 and 2 ranks); writes experiments/bench.md, speed.md and outputs/memory/bench.md; on a GPU: ARGS="--device cuda"
+bench: $(STAMP)  ## the five storage/data-path benchmarks (ratios side by side) + the speed benchmarks + the memory row vs the peers' JPEG path (224 px, 1,000 classes, 1 and 2 ranks) + cold-cache reads; writes experiments/bench.md, speed.md, outputs/memory/bench.md and cold.md; on a GPU: ARGS="--device cuda"
 	WANDB_MODE=disabled $(BIN)/python -m hald_tools.bench $(ARGS)
 	WANDB_MODE=disabled $(BIN)/python -m hald_tools.bench_speed
 	WANDB_MODE=disabled $(BIN)/python -m hald_tools.bench_memory $(MEMORY_SHAPE) --cases after,peers --repeat 3
+	WANDB_MODE=disabled $(BIN)/python -m hald_tools.bench_cold
 
 bench-speed: $(STAMP)  ## hald's fast defaults vs a re-created peer loop (relabel pass, student epoch, recover) + the fast paths' accuracy (reads outputs/speed from experiments/speed.sh); writes experiments/speed.md
 	WANDB_MODE=disabled $(BIN)/python -m hald_tools.bench_speed $(ARGS)

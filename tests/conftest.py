@@ -24,6 +24,19 @@ def file_rss_mb() -> float:
     from hald_tools.bench_memory import status_kb
 
     return status_kb("RssFile")["RssFile"] / 1024
+
+
+def cold(paths: list[Path]) -> None:
+    """Evict the files from the page cache for a cold-read test; skip where that cannot be done (tmpfs: its
+    pages are the file)."""
+    from hald_tools.page_cache import cached_mb, evict
+
+    mounts = [line.split() for line in Path("/proc/mounts").read_text().splitlines()]
+    mount = max((m for m in mounts if str(paths[0]).startswith(m[1])), key=lambda m: len(m[1]))
+    if mount[2] == "tmpfs":
+        pytest.skip("tmpfs keeps a file's pages (they are the file): cold reads cannot be measured here")
+    evict(paths)
+    assert cached_mb(paths) < 0.1, "page_cache.evict left pages of the files in the cache"
 sys.path.insert(0, str(ROOT / "src"))
 os.environ.setdefault("WANDB_MODE", "disabled")
 

@@ -265,6 +265,23 @@ def test_a_one_pixel_set_is_refused_and_a_huge_one_warned_about_with_numbers(tmp
     with pytest.raises(DistilledError) as e:
         load_distilled(root, [str(c) for c in range(10)], 1, 28)
     assert "more than half of this machine's" in one_line(e.value)
+    # The array writer streams one image at a time: the same set is mapped, not refused
+    from hald.data.image_array import open_array, write_array
+
+    (tmp_path / "art").mkdir()
+    write_array(tmp_path / "art", root, [str(c) for c in range(10)], 1, 28)
+    assert open_array(tmp_path / "art", root, [str(c) for c in range(10)]).images.shape == (10, 1, 300, 400)
+
+
+def test_available_memory_counts_the_reclaimable_page_cache(tmp_path):
+    """After a large array or store is read the page cache fills the memory: MemFree is small, MemAvailable is
+    not, and decoding a set that fits must not be refused (it was: SC_AVPHYS_PAGES is MemFree)."""
+    from hald.data.distilled import _available_bytes
+
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text("MemTotal:       24641020 kB\nMemFree:         3012172 kB\nMemAvailable:   24142804 kB\n")
+    assert _available_bytes(meminfo) == 24142804 * 1024
+    assert _available_bytes(tmp_path / "missing") is None or _available_bytes(tmp_path / "missing") > 0
 
 
 def test_imagefolder_with_num_classes_null_and_a_teacher_checkpoint_passes_preflight(tmp_path):

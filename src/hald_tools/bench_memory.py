@@ -9,7 +9,10 @@ writer, then per case and rank count launches the training processes (a Lightnin
 records each one's peak RSS (VmHWM), steady RSS and PSS after the steps (/proc/self/status, smaps_rollup: a
 mapped page shared by the ranks counts in every RSS, once in the PSS total) and the time from process start to
 the first training step; with --full-pass each process then reads every image once through its loader (one
-epoch's reads, no training) and its RSS, anonymous / file-backed RSS and PSS are recorded again. Cases:
+epoch's reads, no training) and its RSS, anonymous / file-backed RSS and PSS are recorded again; with
+--store-pass each then reads every stored record once (a whole run's label reads). The node's view: each case
+starts with its data files evicted from the page cache (page_cache.evict); afterwards the cache they fill
+(held once per node however many ranks read them) is measured, and PSS + that cache is the node's total. Cases:
 
 - before: the PNGs decoded into one tensor per process (load_distilled) plus the channels-last copy;
 - after:  the array memory-mapped (data/image_array.py), no decode, no copy, the pages handed back after each
@@ -34,6 +37,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from hald_tools.page_cache import cached_mb, evict
 
 CASES = ("before", "after", "peers")
 SRC = str(Path(__file__).resolve().parents[1])  # hald and hald_tools, for the launched ranks
@@ -100,6 +105,15 @@ def write_store(work: Path, size: int, batch: int, gb: float) -> None:
     artifacts.finish(out, "relabel", "bench", cfg, {}, **fields, dataset="bench")
 
 
+# -- the node's page cache -------------------------------------------------------------------------------------------
+def data_files(work: Path, case: str) -> list[Path]:
+    """The files a case's training reads its pixels and labels from (what the node's page cache holds for it)."""
+    if case == "peers":
+        return sorted((work / "jpeg").rglob("*.JPEG"))
+    files = sorted((work / "set" / "images").rglob("*.png")) if case == "before" else [work / "set" / "images.npy"]
+    return files + sorted((work / "store").glob("*.safetensors"))
+
+
 # -- one training process -----------------------------------------------------------------------------------------
 def status_kb(*keys: str) -> dict[str, float]:
     """Fields of /proc/self/status in kB (VmHWM, VmRSS, RssAnon, RssFile, ...)."""
@@ -155,6 +169,11 @@ def worker(args: argparse.Namespace) -> None:
             pass
         steady.update({f"pass_{k}": v for k, v in memory().items()})
         steady["peak_mb"] = steady["pass_peak_mb"]
+    if args.store_pass and dm is not None and dm.store is not None:  # every stored record once: a whole run's reads
+        for r in range(len(dm.store)):
+            dm.store[r]
+        steady.update({f"store_{k}": v for k, v in memory().items()})
+        steady["peak_mb"] = max(steady["peak_mb"], steady["store_peak_mb"])
     rank = int(os.environ.get("RANK", "0"))
     Path(f"{args.result}.{rank}.json").write_text(json.dumps({**first, **steady, "rank": rank}))
 
@@ -227,6 +246,9 @@ def run_case(case: str, world: int, args: argparse.Namespace, work: Path) -> dic
            "--result", str(result)] + [f"--{k}={getattr(args, k)}" for k in
                                       ("classes", "size", "batch", "steps", "model", "workers")]
     cmd += ["--full-pass"] if args.full_pass else []
+    cmd += ["--store-pass"] if args.store_pass else []
+    files = data_files(work, case)
+    evict(files)
     procs = []
     for rank in range(world):
         env = {**os.environ, "BENCH_T0": str(time.time()), "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
@@ -248,6 +270,13 @@ def run_case(case: str, world: int, args: argparse.Namespace, work: Path) -> dic
     if "pass_rss_mb" in rows[0]:
         out.update(pass_rss_mb=max(r["pass_rss_mb"] for r in rows), pass_file_mb=max(r["pass_file_mb"] for r in rows),
                    pass_total_pss_mb=sum(r["pass_pss_mb"] for r in rows))
+    if "store_rss_mb" in rows[0]:
+        out.update(store_rss_mb=max(r["store_rss_mb"] for r in rows), store_file_mb=max(r["store_file_mb"] for r in rows))
+    # The node's memory for the job: the processes' PSS (at the end) plus the page cache the case's reads filled
+    # (once per node however many ranks read it; reclaimable, so what a node can use, not what it must have).
+    pss = sum(r.get("store_pss_mb", r.get("pass_pss_mb", r["pss_mb"])) for r in rows)  # after the last reads
+    cache = cached_mb(files)
+    out.update(cache_mb=cache, node_mb=pss + cache)
     return out
 
 
@@ -259,26 +288,50 @@ def median_row(runs: list[dict]) -> dict:
     return out
 
 
-def table(rows: list[dict], args: argparse.Namespace, command: str, load: tuple, gen_s: float) -> str:
+def run_lines(command: str, load: tuple, machine_extra: str = "") -> list[str]:
+    """A bench table's first lines: the command, the machine, the load average at start and now."""
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return [f"- command: `{command}`",
+            f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, {mem:.1f} GiB, {platform.platform()}{machine_extra}",
+            f"- load average (1, 5, 15 min) at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; at end: "
+            + " ".join(f"{v:.2f}" for v in os.getloadavg())]
+
+
+def write_md(out: str | Path, md: str) -> None:
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    Path(out).write_text(md)
+    print(md)
+
+
+def store_size(work: Path) -> str:
+    """The label store as it is on disk (a reused one may not be --store-gb's)."""
+    shards = sorted((work / "store").glob("*.safetensors"))
+    if not shards:
+        return "none (hard crops)"
+    return f"{sum(f.stat().st_size for f in shards) / 1e9:.1f} GB in {len(shards)} shards"
+
+
+def table(rows: list[dict], args: argparse.Namespace, command: str, load: tuple, gen_s: float, store: str) -> str:
     peers = {r["ranks"]: r["peak_mb"] for r in rows if r["case"] == "peers"}
     one = {r["case"]: r["total_pss_mb"] for r in rows if r["ranks"] == 1}
-    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
-    lines = [f"# Memory and start-up: {args.images} images, {args.size} px, {args.classes} classes",
-             "", f"- command: `{command}`",
-             f"- machine: {platform.machine()}, {os.cpu_count()} CPUs, {mem:.1f} GiB, {platform.platform()}",
-             f"- load average (1, 5, 15 min) at start: {load[0]:.2f} {load[1]:.2f} {load[2]:.2f}; at end: "
-             + " ".join(f"{v:.2f}" for v in os.getloadavg()),
-             f"- batch {args.batch}, {args.steps} steps, model {args.model}, {args.workers} loader workers, {args.repeat} "
-             f"run(s) per row (medians; the peak's range in brackets); "
-             f"label store: {'%s GB' % args.store_gb if args.store_gb else 'none (hard crops)'}; data generated in "
+    one_node = {r["case"]: r["node_mb"] for r in rows if r["ranks"] == 1}
+    extra = ((" after a pass over every image: RSS / process, file RSS, total PSS (MB) |" if args.full_pass else "")
+             + (" after every stored record: RSS / process, file RSS (MB) |" if args.store_pass else ""))
+    lines = [f"# Memory and start-up: {args.images} images, {args.size} px, {args.classes} classes", "",
+             *run_lines(command, load),
+             f"- batch {args.batch} per rank, {args.steps} steps, model {args.model}, {args.workers} loader workers, "
+             f"{args.repeat} run(s) per row (medians; the peak's range in brackets); "
+             f"label store: {store}; data generated in "
              f"{gen_s:.0f} s", "",
              "Peak and steady RSS count a mapped page in every process that has it in its page table; anonymous "
-             "RSS is the process's own memory; PSS splits shared pages between processes (its total is what the "
-             "node holds, page cache not mapped by anyone aside).", "",
+             "RSS is the process's own memory; PSS splits shared pages between processes. Page cache: the case's "
+             "data files (array and store shards, or JPEGs) resident after the run, evicted before it "
+             "(POSIX_FADV_DONTNEED, measured with mincore); it is held once per node whatever the ranks, and is "
+             "reclaimable. Node = the processes' PSS after their last reads + that page cache.", "",
              "| case | ranks | peak RSS / process (MB) | total peak RSS (MB) | total steady RSS (MB) | anon / file RSS "
-             "per process (MB) | total PSS (MB) | PSS vs 1 rank | first step (s) | peak vs peers |"
-             + (" after a pass over every image: RSS / process, file RSS, total PSS (MB) |" if args.full_pass else ""),
-             "|---|---|---|---|---|---|---|---|---|---|" + ("---|" if args.full_pass else "")]
+             "per process (MB) | total PSS (MB) | PSS vs 1 rank | first step (s) | peak vs peers | data in page "
+             "cache (MB) | node (MB) | node vs 1 rank |" + extra,
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|" + "---|" * extra.count("|")]
 
     def ratio(a, b):
         return f"{a / b:.2f}x" if b else "-"
@@ -288,9 +341,12 @@ def table(rows: list[dict], args: argparse.Namespace, command: str, load: tuple,
         line = (f"| {r['case']} | {r['ranks']} | {r['peak_mb']:.0f}{spread} | {r['total_peak_mb']:.0f} | "
                 f"{r['total_rss_mb']:.0f} | {r['anon_mb']:.0f} / {r['file_mb']:.0f} | {r['total_pss_mb']:.0f} | "
                 f"{ratio(r['total_pss_mb'], one.get(r['case']))} | {r['first_step_s']:.1f} | "
-                f"{ratio(r['peak_mb'], peers.get(r['ranks']))} |")
+                f"{ratio(r['peak_mb'], peers.get(r['ranks']))} | {r['cache_mb']:.0f} | {r['node_mb']:.0f} | "
+                f"{ratio(r['node_mb'], one_node.get(r['case']))} |")
         if args.full_pass:
             line += f" {r['pass_rss_mb']:.0f}, {r['pass_file_mb']:.0f}, {r['pass_total_pss_mb']:.0f} |"
+        if args.store_pass:
+            line += f" {r['store_rss_mb']:.0f}, {r['store_file_mb']:.0f} |" if "store_rss_mb" in r else " - |"
         lines.append(line)
     return "\n".join(lines) + "\n"
 
@@ -309,6 +365,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--workers", type=int, default=0)
     ap.add_argument("--full-pass", action="store_true", dest="full_pass",
                     help="after the steps, each process reads every image once through its loader (an epoch's reads)")
+    ap.add_argument("--store-pass", action="store_true", dest="store_pass",
+                    help="then each process reads every record of the label store once (a whole run's label reads)")
     ap.add_argument("--repeat", type=int, default=1, help="runs per case and rank count; the table shows medians")
     ap.add_argument("--timeout", type=float, default=3600)
     ap.add_argument("--work", default=None, help="where the synthetic data goes (default: a temp dir, removed)")
@@ -334,18 +392,15 @@ def main(argv: list[str] | None = None) -> list[dict]:
         t = time.time()
         if not (work / "set" / "images.npy").is_file():
             generate(work, args.images, args.size, args.classes, jpeg="peers" in cases)
-            if args.store_gb:
-                write_store(work, args.size, args.batch, args.store_gb)
+        if args.store_gb and not (work / "store").is_dir():  # a --work dir's store is reused (memory.sh swaps it)
+            write_store(work, args.size, args.batch, args.store_gb)
         gen_s = time.time() - t
         rows = []
         for case in cases:
             for world in [int(r) for r in args.ranks.split(",")]:
                 rows.append(median_row([run_case(case, world, args, work) for _ in range(args.repeat)]))
                 print(json.dumps(rows[-1]), flush=True)
-        md = table(rows, args, command, load, gen_s)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(md)
-        print(md)
+        write_md(args.out, table(rows, args, command, load, gen_s, store_size(work)))
         return rows
     finally:
         if not args.work:

@@ -1,6 +1,7 @@
 """The image array (data/image_array.py): the mapped pixels are the decoded PNGs' pixels, train and relabel
 exactly as they did, pickle by path, and a given folder's array is built once, reused, and never served stale."""
 import logging
+import os
 import pickle
 import shutil
 
@@ -21,7 +22,7 @@ from hald.labels.relabel import relabel
 from hald.labels.store import open_store_for, shard_name
 from hald.models import build_backbone
 from hald.models.teachers import Committee
-from conftest import file_rss_mb, page_accounting
+from conftest import cold, file_rss_mb, page_accounting
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -230,6 +231,43 @@ def test_rendering_a_mapped_set_releases_its_pages_and_the_pixels_stay(tmp_path,
     before = in_memory.clone()
     release_pages(in_memory)  # not a mapping: a no-op (MADV_DONTNEED would zero anonymous memory)
     assert torch.equal(in_memory, before)
+
+
+@page_accounting
+def test_a_batch_from_a_cold_cache_reads_its_images_not_the_read_ahead(tmp_path, monkeypatch):
+    """A page fault on a mapping reads around the page (8 MB on this machine's disk): a random batch from a
+    cold cache pulled ~45x its bytes. replay asks for exactly the batch's images first (distilled.prefetch)."""
+    from hald.data.distilled import map_array
+    from hald.data.replay import Geometry, render
+    from hald_tools.page_cache import cached_mb
+
+    n, size, b = 400, 224, 8  # a 60 MB array, 8 images of 147 KB
+    rng = np.random.default_rng(0)
+    path = tmp_path / "a.npy"
+    np.save(path, rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8))
+    with open(path, "rb+") as f:
+        os.fsync(f.fileno())  # written pages are dirty until then, and dirty pages stay cached
+    idx = torch.tensor(rng.choice(n, b, replace=False))
+    g = Geometry(index=idx, box=torch.tensor([[10, 20, 150, 120]] * b, dtype=torch.int16),
+                 flip=torch.zeros(b, dtype=torch.bool), mix_perm=torch.arange(b, dtype=torch.int16),
+                 mix_box=torch.zeros(4, dtype=torch.int16))
+    mean, std = torch.tensor([0.5, 0.5, 0.5]), torch.tensor([0.25, 0.25, 0.25])
+    want = render(map_array(path).clone(memory_format=torch.channels_last), g, 112, mean, std)
+
+    def read_cold():
+        cold([path])
+        x = render(map_array(path), g, 112, mean, std)
+        assert torch.equal(x, want)
+        return cached_mb([path])
+
+    import hald.data.replay as replay
+    monkeypatch.setattr(replay, "prefetch", lambda images, index: None)  # the control: faults alone
+    around = read_cold()
+    monkeypatch.undo()
+    asked = read_cold()
+    batch = b * size * size * 3 / 2**20
+    print(f"cold batch of {batch:.1f} MB of images: {around:.1f} MB read with faults alone, {asked:.1f} MB asked for")
+    assert asked <= batch + b * 8 * 4096 / 2**20, asked  # its images, give or take the pages at their ends
 
 
 @pytest.mark.parametrize("bad", ["fortran", "float", "truncated"])

@@ -1,7 +1,7 @@
 """Soft-label storage: codec round trips, byte budgets on disk, grouped-BN relabel, replay under compression."""
 import pytest
 import torch
-from conftest import file_rss_mb, page_accounting
+from conftest import cold, file_rss_mb, page_accounting
 
 from hald import pipeline
 from hald.data.distilled import load_distilled
@@ -196,3 +196,16 @@ def test_reading_every_record_keeps_rss_flat(tmp_path, monkeypatch):
     assert released < 10, released
     assert all(torch.equal(a.labels, b.labels) and torch.equal(a.geometry.box, b.geometry.box)
                for a, b in zip(before, after))
+
+    # From a cold cache a record reads its rows, not the disk's read-ahead around them (8 MB here; a shard is 4 MB)
+    from hald_tools.page_cache import cached_mb
+
+    shards = sorted((tmp_path / "store").glob("*.safetensors"))
+    store = open_store_for(tmp_path / "store", open_array(tmp_path / "set", tmp_path / "set" / "images",
+                                                          class_list(1000)), deep=False)
+    warm = {r: store[r].labels for r in (5, 300, 700)}  # three shards
+    store._shards = {}
+    cold(shards)
+    assert all(torch.equal(store[r].labels, labels) for r, labels in warm.items())
+    record = 16 * 1000 * 4 / 2**20
+    assert cached_mb(shards) < 3 * (record + 0.1), cached_mb(shards)  # + each shard's header, offsets and flips

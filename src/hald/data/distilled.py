@@ -65,8 +65,9 @@ class DistilledImages:
             self.images = map_array(Path(self.array), self.images)
 
 
-# The mappings `map_array` made in this process, by the address of their first pixel (see `release_pages`)
-_MAPPINGS: dict[int, mmap.mmap] = {}
+# The mappings `map_npy` made in this process, by the address of their first element: (mapping, that element's
+# offset in the file) (see `release_pages`, `prefetch`)
+_MAPPINGS: dict[int, tuple[mmap.mmap, int]] = {}
 
 
 def map_npy(path: Path | str) -> np.ndarray:
@@ -81,7 +82,7 @@ def map_npy(path: Path | str) -> np.ndarray:
             raise ValueError(f"{dtype} {list(shape)}{' (Fortran order)' if fortran else ''}, {size} bytes")
         mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)  # the header makes the file non-empty
     arr = np.frombuffer(mapping, dtype=dtype, count=count, offset=offset).reshape(shape)
-    _MAPPINGS[arr.ctypes.data] = mapping
+    _MAPPINGS[arr.ctypes.data] = (mapping, offset)
     weakref.finalize(arr, _MAPPINGS.pop, arr.ctypes.data, None)  # a tensor holds arr: gone with the last user
     return arr
 
@@ -115,12 +116,42 @@ def release_pages(images: torch.Tensor) -> None:
     page cache. Callers release after each batch's reads (replay.render, the device upload): the page cache
     keeps the pixels (the next read is a minor fault), RSS holds one batch's pages. MADV_DONTNEED on a
     read-only file mapping only unmaps; it never loses data (measured: 0.2 ms per call on a 150 MB mapping)."""
-    mapping = _MAPPINGS.get(images.data_ptr()) if images.device.type == "cpu" else None
-    if mapping is not None:
-        hand_back(mapping)
+    entry = _MAPPINGS.get(images.data_ptr()) if images.device.type == "cpu" else None
+    if entry is not None:
+        hand_back(entry[0])
+
+
+def prefetch(images: torch.Tensor, index: int | Sequence[int] | torch.Tensor) -> None:
+    """Ask the kernel for exactly the bytes of images[index] (MADV_WILLNEED) before they are read, when `map_npy`
+    mapped `images` (no-op otherwise).
+
+    Why: a page fault on a file mapping reads *around* the page (the device's read-ahead window: 8 MB on this
+    machine's disk, often more on network file systems), so a random image read from a cold cache pulls ~45x
+    its bytes. Measured on the 7.5 GB IPC 50 array (experiments/memory.md): 256 random images, cold, 1.0 s and
+    1.7 GB of page cache read; asked for first, 40-120 ms and 38 MB. Asked-for pages are not read around, and
+    asking for a whole batch first lets the disk serve it in parallel. Full scans (the device upload) keep the
+    kernel's sequential read-ahead: nothing here changes the mapping's advice."""
+    entry = _MAPPINGS.get(images.data_ptr()) if CAN_PREFETCH and images.device.type == "cpu" else None
+    if entry is None:
+        return
+    mapping, offset = entry
+    n, row = int(images.shape[0]), images.stride(0) * images.element_size()  # one image's bytes in the file
+    ids = torch.as_tensor(index)
+    if ids.dtype == torch.bool or ids.is_floating_point():  # a mask: not ids
+        return
+    for i in ids.reshape(-1).tolist():
+        will_need(mapping, offset + (i % n) * row, row)
+
+
+def will_need(mapping: mmap.mmap, start: int, length: int) -> None:
+    """MADV_WILLNEED on bytes [start, start + length) of a file mapping (its page-aligned cover)."""
+    if CAN_PREFETCH and length > 0:
+        page_start = start - start % mmap.PAGESIZE
+        mapping.madvise(mmap.MADV_WILLNEED, page_start, start + length - page_start)
 
 
 CAN_HAND_BACK = hasattr(mmap, "MADV_DONTNEED")  # Linux, macOS; elsewhere pages stay mapped (correct, not flat)
+CAN_PREFETCH = hasattr(mmap, "MADV_WILLNEED")  # elsewhere reads fault in as the OS reads ahead
 
 
 def hand_back(mapping: mmap.mmap) -> None:
@@ -217,16 +248,26 @@ def check_made_for(root: Path, classes: list[str]) -> None:
                              f"distill.path=<a set made for this dataset>")
 
 
-def _available_bytes() -> int | None:
+def _available_bytes(meminfo: Path = Path("/proc/meminfo")) -> int | None:
+    """Memory a new allocation can get: Linux's MemAvailable (free + the page cache it can reclaim). Not MemFree
+    (SC_AVPHYS_PAGES): after reading a large array or store the page cache fills most of the memory, MemFree
+    falls to a few GB (measured: 3.0 of 23.5 GB free, 24.1 GB available) and a set that fits was refused."""
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):  # not Linux
+        for line in meminfo.read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")  # kernels before 3.14; other Unixes
+    except (ValueError, OSError, AttributeError):
         return None
 
 
-def check_size(path: Path, n: int, channels: int, input_size: int | None) -> None:
-    """Before decoding a set: its first image's size (from the header) against the dataset's input size and
-    the memory the decoded set will take. Too small to crop, or more than half the free memory: refused;
+def check_size(path: Path, n: int, channels: int, input_size: int | None, in_memory: bool = True) -> None:
+    """Before decoding a set: its first image's size (from the header) against the dataset's input size and,
+    when the whole set is decoded into memory (`in_memory`; not for the array writer, which streams one image
+    at a time), the memory it will take. Too small to crop, or more than half the available memory: refused;
     far from the input size: one warning line with the numbers."""
     try:
         with Image.open(path) as im:
@@ -239,20 +280,21 @@ def check_size(path: Path, n: int, channels: int, input_size: int | None) -> Non
         raise DistilledError(f"distilled image '{path}' is {w}x{h} px, the dataset's input size is {input_size}: "
                              f"replay would upsample every crop from {min(w, h)} px; fix: distill.path=<a set at "
                              f"the input size ({input_size} px)>")
-    free = _available_bytes()
+    free = _available_bytes() if in_memory else None
     if free is not None and total > free / 2:
         raise DistilledError(f"distilled images of {w}x{h} px ({path.name}): {gb}, more than half of this "
-                             f"machine's {free / 1e9:.1f} GB free memory; fix: resize the set to the dataset's input "
-                             f"size ({input_size} px) or use a machine with more memory")
+                             f"machine's {free / 1e9:.1f} GB available memory; fix: resize the set to the dataset's "
+                             f"input size ({input_size} px), use a machine with more memory, or map it instead "
+                             f"(data/image_array.write_array streams it into an array file)")
     if input_size and (max(w, h) > 4 * input_size or min(w, h) < input_size / 2):
         log.warning("distilled images are %dx%d px, the dataset's input size is %d: replay crops and resizes them "
                     "to %d px (%s); resize the set once if that is not intended", w, h, input_size, input_size, gb)
 
 
-def list_images(root: Path, classes: list[str], channels: int,
-                input_size: int | None = None) -> list[tuple[int, list[Path]]]:
+def list_images(root: Path, classes: list[str], channels: int, input_size: int | None = None,
+                in_memory: bool = True) -> list[tuple[int, list[Path]]]:
     """The set's images per class id, in image-id order, checked before any is decoded: the class folders, each
-    with images, the first image's size (`check_size`)."""
+    with images, the first image's size (`check_size`; in_memory: the whole set will be decoded into memory)."""
     check_made_for(root, classes)
     ignored, listed = [], []
     for cid, d in enumerate(_class_dirs(root, classes)):
@@ -266,7 +308,7 @@ def list_images(root: Path, classes: list[str], channels: int,
     if ignored:
         log.warning("distilled folder '%s': ignored %d file(s) that are not images by name (e.g. '%s'); they "
                     "are not part of the set or its sha256", root, len(ignored), ignored[0].relative_to(root))
-    check_size(listed[0][1][0], sum(len(p) for _, p in listed), channels, input_size)
+    check_size(listed[0][1][0], sum(len(p) for _, p in listed), channels, input_size, in_memory)
     return listed
 
 

@@ -22,7 +22,7 @@ import torch
 
 from hald.artifacts import atomic_write, write_json_atomic
 from hald.data.distilled import (DistilledError, DistilledImages, check_even, decoded, list_images,
-                                 load_distilled, map_array, map_npy, release_pages)
+                                 load_distilled, map_array, map_npy, prefetch, release_pages)
 
 ARRAY, META = "images.npy", "images.json"
 FORMAT = 1
@@ -38,7 +38,7 @@ def write_array(out_dir: Path, root: Path, classes: Sequence[str], channels: int
     one image at a time (memory: one image, not the set), and write `images.json`; both atomically (a temp
     file in the same directory, renamed). Returns the metadata."""
     out_dir, root = Path(out_dir), Path(root)
-    listed = list_images(root, list(classes), channels, input_size)
+    listed = list_images(root, list(classes), channels, input_size, in_memory=False)  # streamed
     n, digest = sum(len(p) for _, p in listed), hashlib.sha256()
     targets, files = [], []
     with atomic_write(out_dir / ARRAY) as tmp:
@@ -128,6 +128,8 @@ class MappedTensor:
         return self._tensor
 
     def __getitem__(self, index: Any) -> torch.Tensor:
+        if not isinstance(index, (slice, tuple)):  # ids (a slice is one range: the read-ahead serves it)
+            prefetch(self.tensor, index)
         out = self.tensor[index].clone()
         release_pages(self.tensor)
         return out

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms import RandomResizedCrop
 
-from hald.data.distilled import release_pages
+from hald.data.distilled import prefetch, release_pages
 
 
 @dataclass
@@ -126,6 +126,7 @@ def render(images: torch.Tensor, g: Geometry, out_size: int, mean: torch.Tensor,
     # every copy below is a straight one and the float batch keeps the layout (the values do not depend on it)
     buf = torch.empty(b, c, out_size, out_size, device=dev, dtype=torch.uint8 if dev.type == "cpu" else torch.float32,
                       memory_format=torch.channels_last)
+    prefetch(images, g.index)  # exactly the batch's images from a cold cache, not the disk's read-ahead
     for k, (i, (top, left, h, w), flip) in enumerate(zip(g.index.tolist(), g.box.tolist(), g.flip.tolist())):
         y = _resize(images[i:i + 1, :, top:top + h, left:left + w], out_size)[0]
         buf[k] = y.flip(-1) if flip else y

@@ -98,7 +98,7 @@ def _build(path: Path, key: str, root: Path, classes: list[str], channels: int, 
 def content_sha256(root: Path, classes: list[str], channels: int) -> str:
     """The set's sha256 as load_distilled computes it (every file's path and bytes), without decoding."""
     digest = hashlib.sha256()
-    for _, paths in list_images(root, classes, channels):
+    for _, paths in list_images(root, classes, channels, in_memory=False):  # read, not decoded
         for p in paths:
             digest.update(set_entry(p.relative_to(root).as_posix(), p.read_bytes()))
     return digest.hexdigest()

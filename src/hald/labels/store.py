@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from safetensors.torch import save, save_file
 
 from hald.artifacts import ArtifactError, atomic_write, read_manifest, verify
-from hald.data.distilled import DistilledImages, hand_back
+from hald.data.distilled import DistilledImages, hand_back, will_need
 from hald.data.replay import Geometry
 from hald.labels.codecs import Codec, pack_bits, unpack_bits
 
@@ -109,13 +109,18 @@ class ShardView:
             self.mapping = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
         header.pop("__metadata__", None)
         raw = np.frombuffer(self.mapping, dtype=np.uint8, offset=8 + n)
-        self.arrays = {}
+        self.arrays, self.starts = {}, {}
         for key, info in header.items():
             a, b = info["data_offsets"]
             self.arrays[key] = raw[a:b].view(_NP_DTYPES[info["dtype"]]).reshape(info["shape"])
+            self.starts[key] = 8 + n + a  # the tensor's offset in the file
 
-    def rows(self, key: str, a: int, b: int) -> torch.Tensor:
-        return torch.from_numpy(np.array(self.arrays[key][a:b]))  # copy: memmaps are read-only
+    def rows(self, key: str, a: int, b: int | None) -> torch.Tensor:
+        arr = self.arrays[key]
+        if arr.ndim:  # exactly the rows read (distilled.prefetch: a fault would read ~8 MB around them)
+            end = len(arr) if b is None else b
+            will_need(self.mapping, self.starts[key] + a * arr.strides[0], (end - a) * arr.strides[0])
+        return torch.from_numpy(np.array(arr[a:b]))  # copy: memmaps are read-only
 
     def labels(self, a: int, b: int) -> dict[str, torch.Tensor]:
         return {k.split("/", 1)[1]: self.rows(k, a, b) for k in self.arrays if k.startswith("labels/")}
