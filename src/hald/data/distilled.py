@@ -127,9 +127,10 @@ def prefetch(images: torch.Tensor, index: int | Sequence[int] | torch.Tensor) ->
 
     Why: a page fault on a file mapping reads *around* the page (the device's read-ahead window: 8 MB on this
     machine's disk, often more on network file systems), so a random image read from a cold cache pulls ~45x
-    its bytes. Measured on the 7.5 GB IPC 50 array (experiments/memory.md): 256 random images, cold, 1.0 s and
-    1.7 GB of page cache read; asked for first, 40-120 ms and 38 MB. Asked-for pages are not read around, and
-    asking for a whole batch first lets the disk serve it in parallel. Full scans (the device upload) keep the
+    its bytes. Measured at IPC 50 (`python -m hald_tools.bench_cold`, experiments/memory.md): 32 random stored
+    batches (2,048 images) rendered from a cold cache took 5.9 s and read 6.0 GB of the array with faults alone,
+    1.5 s and 292 MB asked for. Asked-for pages are not read around, and asking for a whole batch first lets the
+    disk serve it in parallel. Full scans (the device upload) keep the
     kernel's sequential read-ahead: nothing here changes the mapping's advice."""
     entry = _MAPPINGS.get(images.data_ptr()) if CAN_PREFETCH and images.device.type == "cpu" else None
     if entry is None:
